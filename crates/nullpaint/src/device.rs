@@ -1,0 +1,105 @@
+//! Backend selection: Burn's wgpu backend (Vulkan / Metal / DX12 natively, WebGPU in the
+//! browser) or its pure-Rust CPU backend (`flex`).
+//!
+//! wgpu can be initialised once per process; [`wgpu`] does it on first use and hands out
+//! clones of the same device afterwards.
+
+use burn::tensor::Device;
+
+/// What the user asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    /// wgpu when an adapter exists, else the CPU (with a warning).
+    #[default]
+    Auto,
+    Wgpu,
+    Cpu,
+}
+
+/// The adapter a wgpu device runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdapterInfo {
+    pub name: String,
+    /// Vulkan, Metal, Dx12, BrowserWebGpu, ...
+    pub backend: String,
+    /// DiscreteGpu, IntegratedGpu, Cpu (software rasterisers such as lavapipe), ...
+    pub device_type: String,
+    pub driver: String,
+}
+
+impl std::fmt::Display for AdapterInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({}, {}, driver {})",
+            self.name, self.backend, self.device_type, self.driver
+        )
+    }
+}
+
+/// Errors of device selection.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DeviceError {
+    #[error(
+        "no wgpu adapter: {0}. Install a Vulkan driver (on Debian: `apt-get install mesa-vulkan-drivers` gives the software adapter lavapipe), or use --backend cpu"
+    )]
+    NoAdapter(String),
+}
+
+/// The pure-Rust CPU device.
+pub fn cpu() -> Device {
+    Device::flex()
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+static WGPU: std::sync::OnceLock<Result<(Device, AdapterInfo), DeviceError>> =
+    std::sync::OnceLock::new();
+
+/// The process-wide wgpu device and its adapter, initialised on first call (native).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn wgpu() -> Result<(Device, AdapterInfo), DeviceError> {
+    WGPU.get_or_init(|| {
+        let (device, setup) = Device::wgpu_options()
+            .init_with_setup()
+            .map_err(|e| DeviceError::NoAdapter(e.to_string()))?;
+        Ok((device, adapter_info(&setup)))
+    })
+    .clone()
+}
+
+/// Initialises wgpu asynchronously (the browser's only way; also works natively).
+pub async fn wgpu_async() -> Result<(Device, AdapterInfo), DeviceError> {
+    let (device, setup) = Device::wgpu_options()
+        .init_with_setup_async()
+        .await
+        .map_err(|e| DeviceError::NoAdapter(e.to_string()))?;
+    Ok((device, adapter_info(&setup)))
+}
+
+fn adapter_info(setup: &burn::tensor::wgpu::WgpuSetup) -> AdapterInfo {
+    let info = setup.adapter.get_info();
+    AdapterInfo {
+        name: info.name,
+        backend: format!("{:?}", info.backend),
+        device_type: format!("{:?}", info.device_type),
+        driver: format!("{} {}", info.driver, info.driver_info)
+            .trim()
+            .to_string(),
+    }
+}
+
+/// Resolves a [`BackendChoice`] natively: `Auto` falls back to the CPU with a warning.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn select(choice: BackendChoice) -> Result<(Device, String), DeviceError> {
+    match choice {
+        BackendChoice::Cpu => Ok((cpu(), "cpu (flex)".into())),
+        BackendChoice::Wgpu => wgpu().map(|(d, info)| (d, format!("wgpu: {info}"))),
+        BackendChoice::Auto => match wgpu() {
+            Ok((d, info)) => Ok((d, format!("wgpu: {info}"))),
+            Err(e) => {
+                tracing::warn!("{e}; running on the CPU, which is much slower");
+                Ok((cpu(), "cpu (flex)".into()))
+            }
+        },
+    }
+}

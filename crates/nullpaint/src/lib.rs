@@ -1,0 +1,12 @@
+//! nullpaint: zero-shot image inpainting with Stable Diffusion, by DDNM's null-space projection
+//! done in latent space (see `shared/SPEC.md`), on Burn's wgpu backend (Vulkan / Metal / DX12 /
+//! WebGPU) or its pure-Rust CPU backend.
+//!
+//! Layout, after diffusers: [`models`] (networks, built from `config.json`), [`weights`]
+//! (safetensors loading by diffusers key names), [`tokenizer`] (CLIP BPE), [`device`] (backend
+//! selection).
+
+pub mod device;
+pub mod models;
+pub mod tokenizer;
+pub mod weights;

@@ -1,0 +1,687 @@
+//! Weight loading: safetensors (f32 / f16 / bf16) onto Burn modules by diffusers key names.
+//!
+//! One loader body, several sources (the ratchet pattern, `load_inner(FnMut(&str) -> Tensor)`):
+//! a memory-mapped file natively ([`SafetensorsFile`]), a byte buffer ([`SafetensorsBuffer`]),
+//! or a map of individual tensors ([`TensorMap`], what the browser assembles from IndexedDB).
+//! The module's own field paths are the checkpoint keys; the few places where Burn's names or
+//! layouts differ from PyTorch's live in one table, [`burn_name_to_torch`] plus the Linear
+//! transpose in [`Layout`]. Every problem of a checkpoint (missing keys, unexpected keys, shape
+//! or dtype mismatches) is collected and reported at once.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
+use half::{bf16, f16};
+use safetensors::Dtype as StDtype;
+
+/// The stored element type of a checkpoint tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredDType {
+    F32,
+    F16,
+    BF16,
+    /// Any other dtype (ints, f64, f8...): loading it as a float weight is an error.
+    Other(StDtype),
+}
+
+impl StoredDType {
+    fn from_safetensors(dtype: StDtype) -> Self {
+        match dtype {
+            StDtype::F32 => Self::F32,
+            StDtype::F16 => Self::F16,
+            StDtype::BF16 => Self::BF16,
+            other => Self::Other(other),
+        }
+    }
+
+    /// Bytes per element for the float types this loader reads.
+    fn size(self) -> Option<usize> {
+        match self {
+            Self::F32 => Some(4),
+            Self::F16 | Self::BF16 => Some(2),
+            Self::Other(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for StoredDType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::F32 => write!(f, "F32"),
+            Self::F16 => write!(f, "F16"),
+            Self::BF16 => write!(f, "BF16"),
+            Self::Other(d) => write!(f, "{d:?}"),
+        }
+    }
+}
+
+/// One checkpoint tensor: dtype, shape and little-endian bytes (borrowed from a mapped file or
+/// owned).
+#[derive(Debug, Clone)]
+pub struct RawTensor<'a> {
+    pub dtype: StoredDType,
+    pub shape: Vec<usize>,
+    pub data: Cow<'a, [u8]>,
+}
+
+impl RawTensor<'_> {
+    /// Number of elements the shape describes.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Converts to f32 values. Errors on non-float dtypes or a byte length that does not match.
+    pub fn to_f32(&self) -> Result<Vec<f32>, String> {
+        let n = self.numel();
+        let size = self.dtype.size().ok_or_else(|| {
+            format!(
+                "dtype {} is not a float type (expected F32, F16 or BF16)",
+                self.dtype
+            )
+        })?;
+        if self.data.len() != n * size {
+            return Err(format!(
+                "{} bytes of data for shape {:?} in {} (expected {})",
+                self.data.len(),
+                self.shape,
+                self.dtype,
+                n * size
+            ));
+        }
+        let bytes = &self.data[..];
+        Ok(match self.dtype {
+            StoredDType::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            StoredDType::F16 => bytes
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            StoredDType::BF16 => bytes
+                .chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            StoredDType::Other(_) => unreachable!("checked by size()"),
+        })
+    }
+
+    /// Converts to f16 values (for devices whose float type is f16).
+    fn to_f16(&self) -> Result<Vec<f16>, String> {
+        if self.dtype == StoredDType::F16 {
+            let n = self.numel();
+            if self.data.len() != n * 2 {
+                return Err(format!(
+                    "{} bytes of data for shape {:?} in F16",
+                    self.data.len(),
+                    self.shape
+                ));
+            }
+            return Ok(self
+                .data
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]))
+                .collect());
+        }
+        Ok(self.to_f32()?.into_iter().map(f16::from_f32).collect())
+    }
+}
+
+/// Where the loader reads tensors from.
+pub trait TensorSource {
+    /// A name for messages: the file path, or what the browser calls the source.
+    fn name(&self) -> &str;
+    /// Every tensor key the source holds.
+    fn keys(&self) -> Vec<String>;
+    /// The tensor stored under `key`, `Ok(None)` when there is none.
+    fn tensor(&self, key: &str) -> Result<Option<RawTensor<'_>>, WeightError>;
+}
+
+/// A parsed safetensors buffer (owned bytes or a memory map).
+pub struct SafetensorsBuffer<B: AsRef<[u8]>> {
+    name: String,
+    bytes: B,
+    data_start: usize,
+    /// key -> (dtype, shape, [start, end) relative to the data section)
+    index: BTreeMap<String, (StDtype, Vec<usize>, usize, usize)>,
+}
+
+impl<B: AsRef<[u8]>> fmt::Debug for SafetensorsBuffer<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SafetensorsBuffer")
+            .field("name", &self.name)
+            .field("tensors", &self.index.len())
+            .finish()
+    }
+}
+
+impl<B: AsRef<[u8]>> SafetensorsBuffer<B> {
+    /// Parses the header of a safetensors buffer; `name` appears in every error.
+    pub fn new(name: impl Into<String>, bytes: B) -> Result<Self, WeightError> {
+        let name = name.into();
+        let (header_len, metadata) = safetensors::SafeTensors::read_metadata(bytes.as_ref())
+            .map_err(|e| WeightError::Format {
+                source_name: name.clone(),
+                message: format!(
+                    "not a valid safetensors file ({e}); re-download it or check the path"
+                ),
+            })?;
+        let mut index = BTreeMap::new();
+        for (key, info) in metadata.tensors() {
+            index.insert(
+                key.clone(),
+                (
+                    info.dtype,
+                    info.shape.clone(),
+                    info.data_offsets.0,
+                    info.data_offsets.1,
+                ),
+            );
+        }
+        Ok(Self {
+            name,
+            bytes,
+            data_start: 8 + header_len,
+            index,
+        })
+    }
+}
+
+impl<B: AsRef<[u8]>> TensorSource for SafetensorsBuffer<B> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn keys(&self) -> Vec<String> {
+        self.index.keys().cloned().collect()
+    }
+
+    fn tensor(&self, key: &str) -> Result<Option<RawTensor<'_>>, WeightError> {
+        let Some((dtype, shape, start, end)) = self.index.get(key) else {
+            return Ok(None);
+        };
+        let bytes = self.bytes.as_ref();
+        let (s, e) = (self.data_start + start, self.data_start + end);
+        if e > bytes.len() || s > e {
+            return Err(WeightError::Format {
+                source_name: self.name.clone(),
+                message: format!(
+                    "tensor {key} points past the end of the file (truncated download?)"
+                ),
+            });
+        }
+        Ok(Some(RawTensor {
+            dtype: StoredDType::from_safetensors(*dtype),
+            shape: shape.clone(),
+            data: Cow::Borrowed(&bytes[s..e]),
+        }))
+    }
+}
+
+/// A safetensors file, memory-mapped (native only).
+#[cfg(not(target_arch = "wasm32"))]
+pub type SafetensorsFile = SafetensorsBuffer<memmap2::Mmap>;
+
+#[cfg(not(target_arch = "wasm32"))]
+impl SafetensorsBuffer<memmap2::Mmap> {
+    /// Memory-maps and parses `path`.
+    pub fn open(path: impl AsRef<std::path::Path>) -> Result<Self, WeightError> {
+        let path = path.as_ref();
+        let name = path.display().to_string();
+        let file = std::fs::File::open(path).map_err(|e| WeightError::Io {
+            source_name: name.clone(),
+            error: e,
+        })?;
+        // SAFETY: the map is read-only and private to this process; a file truncated by another
+        // process while mapped is outside what any loader can defend against (candle, burn-store
+        // and safetensors' own examples map checkpoints the same way).
+        #[allow(unsafe_code)]
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| WeightError::Io {
+            source_name: name.clone(),
+            error: e,
+        })?;
+        Self::new(name, map)
+    }
+}
+
+/// Individually supplied tensors (the browser streams them from IndexedDB).
+#[derive(Debug, Default)]
+pub struct TensorMap {
+    name: String,
+    tensors: BTreeMap<String, RawTensor<'static>>,
+}
+
+impl TensorMap {
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            tensors: BTreeMap::new(),
+        }
+    }
+
+    pub fn insert(&mut self, key: impl Into<String>, tensor: RawTensor<'static>) {
+        self.tensors.insert(key.into(), tensor);
+    }
+}
+
+impl TensorSource for TensorMap {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn keys(&self) -> Vec<String> {
+        self.tensors.keys().cloned().collect()
+    }
+
+    fn tensor(&self, key: &str) -> Result<Option<RawTensor<'_>>, WeightError> {
+        Ok(self.tensors.get(key).map(|t| RawTensor {
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+            data: Cow::Borrowed(&t.data[..]),
+        }))
+    }
+}
+
+/// How checkpoint keys relate to a module's field paths.
+#[derive(Debug, Clone, Default)]
+pub struct KeyMap {
+    /// Prefixes a checkpoint may put in front of every key (e.g. `text_model.` in SD 1.x text
+    /// encoders saved by transformers 4). The first one that matches any module key is used.
+    pub prefixes: Vec<String>,
+    /// Checkpoint keys that carry no weights for us and are skipped silently (buffers such as
+    /// `embeddings.position_ids`), matched after the prefix is removed.
+    pub ignored: Vec<String>,
+}
+
+/// A problem with one key of a checkpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeyProblem {
+    Missing {
+        key: String,
+        expected: Vec<usize>,
+    },
+    Unexpected {
+        key: String,
+        shape: Vec<usize>,
+    },
+    Shape {
+        key: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    DType {
+        key: String,
+        found: String,
+    },
+}
+
+impl fmt::Display for KeyProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Missing { key, expected } => {
+                write!(f, "missing key {key} (expected shape {expected:?})")
+            }
+            Self::Unexpected { key, shape } => write!(f, "unexpected key {key} (shape {shape:?})"),
+            Self::Shape {
+                key,
+                expected,
+                found,
+            } => {
+                write!(f, "{key}: expected shape {expected:?}, found {found:?}")
+            }
+            Self::DType { key, found } => write!(f, "{key}: {found}"),
+        }
+    }
+}
+
+/// Errors of weight loading.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightError {
+    #[error("cannot read {source_name}: {error}")]
+    Io {
+        source_name: String,
+        error: std::io::Error,
+    },
+    #[error("{source_name}: {message}")]
+    Format {
+        source_name: String,
+        message: String,
+    },
+    #[error("{source_name} does not match the model{}: {} problem(s):\n  {}\nCheck that the weights belong to this model's config.json (same architecture and sizes).",
+        .model.as_deref().map(|m| format!(" {m}")).unwrap_or_default(),
+        .problems.len(),
+        .problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n  "))]
+    Mismatch {
+        source_name: String,
+        model: Option<String>,
+        problems: Vec<KeyProblem>,
+    },
+}
+
+/// How a Burn parameter's layout relates to the PyTorch tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    Same,
+    /// Burn's `nn::Linear` stores `[d_input, d_output]`, PyTorch `[out, in]`.
+    Transposed,
+}
+
+/// The one remap table: a Burn field name + the module type holding it -> the PyTorch name,
+/// and for parameters how Burn's layout relates to PyTorch's. Every path component goes
+/// through it; what it does not list keeps its name.
+fn burn_name_to_torch<'a>(container: &str, field: &'a str) -> (Cow<'a, str>, Layout) {
+    match (container, field) {
+        ("Struct:Linear", "weight") => (Cow::Borrowed("weight"), Layout::Transposed),
+        ("Struct:LayerNorm" | "Struct:GroupNorm", "gamma") => {
+            (Cow::Borrowed("weight"), Layout::Same)
+        }
+        ("Struct:LayerNorm" | "Struct:GroupNorm", "beta") => (Cow::Borrowed("bias"), Layout::Same),
+        // diffusers' FeedForward is `net = ModuleList([GEGLU, Dropout, Linear])`.
+        ("Struct:FeedForward", "net_0") => (Cow::Borrowed("net.0"), Layout::Same),
+        ("Struct:FeedForward", "net_2") => (Cow::Borrowed("net.2"), Layout::Same),
+        _ => (Cow::Borrowed(field), Layout::Same),
+    }
+}
+
+/// Key and layout of every float parameter of a module, in PyTorch terms, with Burn's shape
+/// translated to PyTorch's (`[out, in]` for Linear). Used for structure checks and by the loader.
+pub fn torch_keys<M: Module>(module: &M) -> Vec<(String, Vec<usize>)> {
+    struct Collect {
+        path: Vec<String>,
+        containers: Vec<String>,
+        out: Vec<(String, Vec<usize>)>,
+    }
+    impl burn::module::ModuleVisitor for Collect {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.path.push(name.to_string());
+            self.containers.push(container_type.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+            self.containers.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let (key, layout) = param_key(&self.path, &self.containers);
+            let mut shape = param.lazy_shape().dims::<D>().to_vec();
+            if layout == Layout::Transposed {
+                shape.reverse();
+            }
+            self.out.push((key, shape));
+        }
+    }
+    let mut c = Collect {
+        path: vec![],
+        containers: vec![],
+        out: vec![],
+    };
+    module.visit(&mut c);
+    c.out
+}
+
+/// `path` ends with the parameter's field name; `containers[i]` is the type of the module that
+/// holds field `path[i]` (what Burn's derive passes to `enter_module`).
+fn param_key(path: &[String], containers: &[String]) -> (String, Layout) {
+    let mut key = String::new();
+    let mut layout = Layout::Same;
+    for (i, (field, container)) in path.iter().zip(containers).enumerate() {
+        let (name, l) = burn_name_to_torch(container, field);
+        if i > 0 {
+            key.push('.');
+        }
+        key.push_str(&name);
+        layout = l;
+    }
+    (key, layout)
+}
+
+/// Loads every float parameter of `module` from `source`.
+///
+/// The device's float dtype decides the dtype of the loaded tensors (f32, or f16 on a device
+/// configured for it); stored f32 / f16 / bf16 are converted on the CPU one tensor at a time, so
+/// peak host memory is one tensor beyond the (mapped) source.
+pub fn load_module<M: Module>(
+    module: M,
+    source: &dyn TensorSource,
+    keys: &KeyMap,
+    device: &Device,
+) -> Result<M, WeightError> {
+    let wanted = torch_keys(&module);
+    let source_keys: BTreeSet<String> = source.keys().into_iter().collect();
+    // Pick the prefix that makes the checkpoint's keys line up with the module's.
+    let prefix = keys
+        .prefixes
+        .iter()
+        .find(|p| {
+            wanted
+                .iter()
+                .any(|(k, _)| source_keys.contains(&format!("{p}{k}")))
+        })
+        .cloned()
+        .unwrap_or_default();
+
+    let float_dtype = match device.settings().float_dtype {
+        FloatDType::F16 => DType::F16,
+        _ => DType::F32,
+    };
+    let mut loader = Loader {
+        source,
+        prefix: &prefix,
+        device,
+        float_dtype,
+        path: vec![],
+        containers: vec![],
+        used: BTreeSet::new(),
+        problems: vec![],
+    };
+    let module = module.map(&mut loader);
+    let mut problems = loader.problems;
+    let used = loader.used;
+
+    for key in &source_keys {
+        let bare = key.strip_prefix(prefix.as_str()).unwrap_or(key);
+        if used.contains(key) || keys.ignored.iter().any(|i| i == bare) {
+            continue;
+        }
+        let shape = source.tensor(key)?.map(|t| t.shape).unwrap_or_default();
+        problems.push(KeyProblem::Unexpected {
+            key: key.clone(),
+            shape,
+        });
+    }
+    if problems.is_empty() {
+        Ok(module)
+    } else {
+        Err(WeightError::Mismatch {
+            source_name: source.name().to_string(),
+            model: None,
+            problems,
+        })
+    }
+}
+
+struct Loader<'a> {
+    source: &'a dyn TensorSource,
+    prefix: &'a str,
+    device: &'a Device,
+    float_dtype: DType,
+    path: Vec<String>,
+    containers: Vec<String>,
+    used: BTreeSet<String>,
+    problems: Vec<KeyProblem>,
+}
+
+impl Loader<'_> {
+    fn load<const D: usize>(&mut self, expected: Vec<usize>) -> Option<Tensor<D>> {
+        let (key, layout) = param_key(&self.path, &self.containers);
+        let key = format!("{}{key}", self.prefix);
+        let mut torch_shape = expected.clone();
+        if layout == Layout::Transposed {
+            torch_shape.reverse();
+        }
+        let raw = match self.source.tensor(&key) {
+            Ok(Some(raw)) => raw,
+            Ok(None) => {
+                self.problems.push(KeyProblem::Missing {
+                    key,
+                    expected: torch_shape,
+                });
+                return None;
+            }
+            Err(e) => {
+                self.problems.push(KeyProblem::DType {
+                    key,
+                    found: e.to_string(),
+                });
+                return None;
+            }
+        };
+        self.used.insert(key.clone());
+        if raw.shape != torch_shape {
+            self.problems.push(KeyProblem::Shape {
+                key,
+                expected: torch_shape,
+                found: raw.shape,
+            });
+            return None;
+        }
+        let data = match self.float_dtype {
+            DType::F16 => raw.to_f16().map(|v| TensorData::new(v, raw.shape.clone())),
+            _ => raw.to_f32().map(|v| TensorData::new(v, raw.shape.clone())),
+        };
+        let data = match data {
+            Ok(d) => d,
+            Err(message) => {
+                self.problems.push(KeyProblem::DType {
+                    key,
+                    found: message,
+                });
+                return None;
+            }
+        };
+        let tensor = Tensor::<D>::from_data(data, self.device);
+        Some(match layout {
+            Layout::Same => tensor,
+            Layout::Transposed => tensor.transpose(),
+        })
+    }
+}
+
+impl ModuleMapper for Loader<'_> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.push(name.to_string());
+        self.containers.push(container_type.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+        self.containers.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let expected = param.lazy_shape().dims::<D>().to_vec();
+        match self.load::<D>(expected) {
+            Some(tensor) => Param::initialized(param.id, tensor),
+            None => param,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(dtype: StoredDType, shape: Vec<usize>, data: Vec<u8>) -> RawTensor<'static> {
+        RawTensor {
+            dtype,
+            shape,
+            data: Cow::Owned(data),
+        }
+    }
+
+    #[test]
+    fn converts_every_float_dtype() {
+        let values = [1.5f32, -2.25, 0.0, 65504.0];
+        let f32_bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let f16_bytes: Vec<u8> = values
+            .iter()
+            .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+            .collect();
+        let bf_bytes: Vec<u8> = values
+            .iter()
+            .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
+            .collect();
+        assert_eq!(
+            raw(StoredDType::F32, vec![4], f32_bytes).to_f32().unwrap(),
+            values
+        );
+        assert_eq!(
+            raw(StoredDType::F16, vec![2, 2], f16_bytes)
+                .to_f32()
+                .unwrap(),
+            values
+        );
+        let bf = raw(StoredDType::BF16, vec![4], bf_bytes).to_f32().unwrap();
+        assert_eq!(&bf[..3], &values[..3]);
+        assert_eq!(bf[3], bf16::from_f32(65504.0).to_f32());
+    }
+
+    #[test]
+    fn rejects_wrong_lengths_and_int_dtypes() {
+        let e = raw(StoredDType::F32, vec![3], vec![0; 8])
+            .to_f32()
+            .unwrap_err();
+        assert!(e.contains("8 bytes"), "{e}");
+        let e = raw(StoredDType::Other(StDtype::I64), vec![1], vec![0; 8])
+            .to_f32()
+            .unwrap_err();
+        assert!(e.contains("not a float"), "{e}");
+    }
+
+    #[test]
+    fn rejects_garbage_buffers_with_the_name() {
+        let e = SafetensorsBuffer::new("weights.bin", vec![1u8, 2, 3]).unwrap_err();
+        assert!(e.to_string().contains("weights.bin"), "{e}");
+    }
+
+    #[test]
+    fn remap_table() {
+        let key = |path: &[&str], containers: &[&str]| {
+            let p: Vec<String> = path.iter().map(|s| s.to_string()).collect();
+            let c: Vec<String> = containers.iter().map(|s| s.to_string()).collect();
+            param_key(&p, &c)
+        };
+        assert_eq!(
+            key(&["q_proj", "weight"], &["Struct:Attn", "Struct:Linear"]),
+            ("q_proj.weight".into(), Layout::Transposed)
+        );
+        assert_eq!(
+            key(&["norm", "gamma"], &["Struct:X", "Struct:GroupNorm"]),
+            ("norm.weight".into(), Layout::Same)
+        );
+        assert_eq!(
+            key(&["ln", "beta"], &["Struct:X", "Struct:LayerNorm"]),
+            ("ln.bias".into(), Layout::Same)
+        );
+        assert_eq!(
+            key(&["conv", "weight"], &["Struct:X", "Struct:Conv2d"]),
+            ("conv.weight".into(), Layout::Same)
+        );
+        assert_eq!(
+            key(
+                &["ff", "net_2", "weight"],
+                &["Struct:Block", "Struct:FeedForward", "Struct:Linear"]
+            ),
+            ("ff.net.2.weight".into(), Layout::Transposed)
+        );
+        assert_eq!(
+            key(
+                &["to_out", "0", "bias"],
+                &["Struct:Attention", "Vec", "Struct:Linear"]
+            ),
+            ("to_out.0.bias".into(), Layout::Same)
+        );
+    }
+}

@@ -1,0 +1,218 @@
+//! Weight loading: stored dtypes, the sources (mapped file, bytes, tensor map), both text-encoder
+//! key forms, and errors that list every problem of a checkpoint at once.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::borrow::Cow;
+
+use nullpaint::models::clip::{ClipTextConfig, ClipTextModel};
+use nullpaint::weights::{
+    KeyProblem, RawTensor, SafetensorsBuffer, SafetensorsFile, StoredDType, TensorMap,
+    TensorSource, WeightError, load_module,
+};
+
+fn config(model: &str) -> ClipTextConfig {
+    let p = common::fixtures().join(format!("tiny-{model}/text_encoder/config.json"));
+    ClipTextConfig::from_json("config.json", &std::fs::read(p).unwrap()).unwrap()
+}
+
+fn weights_path(model: &str) -> std::path::PathBuf {
+    common::fixtures().join(format!("tiny-{model}/text_encoder/model.safetensors"))
+}
+
+/// Copies every tensor of a source into a map, renaming keys with `rename` (None drops it).
+fn to_map(src: &dyn TensorSource, rename: impl Fn(&str) -> Option<String>) -> TensorMap {
+    let mut map = TensorMap::new("tensor map");
+    for key in src.keys() {
+        if let Some(new) = rename(&key) {
+            let t = src.tensor(&key).unwrap().unwrap();
+            map.insert(
+                new,
+                RawTensor {
+                    dtype: t.dtype,
+                    shape: t.shape,
+                    data: Cow::Owned(t.data.into_owned()),
+                },
+            );
+        }
+    }
+    map
+}
+
+#[test]
+fn weights_stored_dtypes_convert_exactly() {
+    let file =
+        SafetensorsFile::open(common::fixtures().join("reference/dtypes.safetensors")).unwrap();
+    let get = |k: &str| file.tensor(k).unwrap().unwrap();
+    assert_eq!(get("f16").dtype, StoredDType::F16);
+    assert_eq!(get("bf16").dtype, StoredDType::BF16);
+    assert_eq!(
+        get("f16").to_f32().unwrap(),
+        get("f16_as_f32").to_f32().unwrap()
+    );
+    assert_eq!(
+        get("bf16").to_f32().unwrap(),
+        get("bf16_as_f32").to_f32().unwrap()
+    );
+    assert_ne!(
+        get("f32").to_f32().unwrap(),
+        get("f16_as_f32").to_f32().unwrap()
+    );
+    let err = get("i64").to_f32().unwrap_err();
+    assert!(err.contains("not a float"), "{err}");
+}
+
+#[test]
+fn weights_both_text_encoder_key_forms_and_all_sources_give_the_same_model() {
+    let device = nullpaint::device::cpu();
+    let reference = common::Reference::open("clip.safetensors");
+    let want = reference.f32("sd1.last_hidden_state");
+    let file = SafetensorsFile::open(weights_path("sd1")).unwrap();
+    let bytes = SafetensorsBuffer::new(
+        "in-memory bytes",
+        std::fs::read(weights_path("sd1")).unwrap(),
+    )
+    .unwrap();
+    // transformers-5 form of the same weights: no prefix, no position_ids.
+    let v5 = to_map(&file, |k| {
+        (k != "text_model.embeddings.position_ids")
+            .then(|| k.trim_start_matches("text_model.").to_string())
+    });
+    assert!(
+        file.keys()
+            .iter()
+            .any(|k| k == "text_model.embeddings.position_ids")
+    );
+    let sources: [&dyn TensorSource; 3] = [&file, &bytes, &v5];
+    for src in sources {
+        let model = load_module(
+            config("sd1").init(&device),
+            src,
+            &ClipTextModel::key_map(),
+            &device,
+        )
+        .unwrap();
+        let diff = common::max_abs_diff(
+            model.forward(reference.ids("sd1.input_ids", &device)),
+            &want,
+        );
+        assert!(diff <= 1e-4, "{}: {diff}", src.name());
+    }
+}
+
+#[test]
+fn weights_report_every_missing_and_unexpected_key_at_once() {
+    let device = nullpaint::device::cpu();
+    let file = SafetensorsFile::open(weights_path("sd2")).unwrap();
+    let map = to_map(&file, |k| match k {
+        "final_layer_norm.weight" | "encoder.layers.1.mlp.fc1.bias" => None,
+        "encoder.layers.0.mlp.fc2.weight" => Some("encoder.layers.0.mlp.fc_2.weight".into()),
+        other => Some(other.to_string()),
+    });
+    let err = load_module(
+        config("sd2").init(&device),
+        &map,
+        &ClipTextModel::key_map(),
+        &device,
+    )
+    .unwrap_err();
+    let WeightError::Mismatch { problems, .. } = &err else {
+        panic!("{err}")
+    };
+    let missing: Vec<_> = problems
+        .iter()
+        .filter_map(|p| {
+            if let KeyProblem::Missing { key, .. } = p {
+                Some(key.as_str())
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(missing.len(), 3, "{err}");
+    assert!(missing.contains(&"final_layer_norm.weight"));
+    assert!(missing.contains(&"encoder.layers.1.mlp.fc1.bias"));
+    assert!(missing.contains(&"encoder.layers.0.mlp.fc2.weight"));
+    assert!(problems.contains(&KeyProblem::Unexpected {
+        key: "encoder.layers.0.mlp.fc_2.weight".into(),
+        shape: vec![16, 64]
+    }));
+    let msg = err.to_string();
+    assert!(
+        msg.contains("tensor map") && msg.contains("4 problem(s)"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("missing key encoder.layers.0.mlp.fc2.weight (expected shape [16, 64])"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn weights_wrong_architecture_names_key_and_both_shapes() {
+    let device = nullpaint::device::cpu();
+    let file = SafetensorsFile::open(weights_path("sd1")).unwrap();
+    let err = load_module(
+        config("sd2").init(&device),
+        &file,
+        &ClipTextModel::key_map(),
+        &device,
+    )
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&weights_path("sd1").display().to_string()),
+        "{msg}"
+    );
+    assert!(msg.contains("text_model.embeddings.token_embedding.weight: expected shape [49408, 16], found [49408, 32]"), "{msg}");
+    // sd2 has 3 layers, the sd1 checkpoint 2: layer 2 is missing entirely.
+    assert!(
+        msg.contains("missing key text_model.encoder.layers.2.self_attn.q_proj.weight"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn weights_wrong_dtype_and_truncated_file_are_errors() {
+    let device = nullpaint::device::cpu();
+    let file = SafetensorsFile::open(weights_path("sd2")).unwrap();
+    let mut map = to_map(&file, |k| Some(k.to_string()));
+    let t = file.tensor("final_layer_norm.bias").unwrap().unwrap();
+    map.insert(
+        "final_layer_norm.bias",
+        RawTensor {
+            dtype: StoredDType::Other(safetensors::Dtype::I32),
+            shape: t.shape.clone(),
+            data: Cow::Owned(t.data.into_owned()),
+        },
+    );
+    let err = load_module(
+        config("sd2").init(&device),
+        &map,
+        &ClipTextModel::key_map(),
+        &device,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("final_layer_norm.bias") && err.contains("not a float"),
+        "{err}"
+    );
+
+    let mut bytes = std::fs::read(weights_path("sd2")).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    let half = SafetensorsBuffer::new("half.safetensors", bytes);
+    let msg = match half {
+        Err(e) => e.to_string(),
+        Ok(b) => load_module(
+            config("sd2").init(&device),
+            &b,
+            &ClipTextModel::key_map(),
+            &device,
+        )
+        .unwrap_err()
+        .to_string(),
+    };
+    assert!(msg.contains("half.safetensors"), "{msg}");
+}

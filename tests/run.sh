@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian machine: installs what it needs, then runs
+# formatting, lints, the wasm32 check and every test, with the wgpu tests on Mesa's software
+# Vulkan adapter (lavapipe). This is the README's test command and what CI runs (.ci/run).
+#
+# Build cache: CARGO_TARGET_DIR defaults to ~/.cache/nullpaint/target (outside the clone), so
+# repeated runs on one machine are incremental. A cold build of burn takes ~15-25 min on 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s (%s)\n' "$1" "$(date +%T)"; }
+SECONDS=0
+
+# 1. System packages: Vulkan loader + lavapipe.
+need=()
+[ -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] || [ -e /usr/share/vulkan/icd.d/lvp_icd.aarch64.json ] || need+=(mesa-vulkan-drivers)
+ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1' || need+=(libvulkan1)
+if [ ${#need[@]} -gt 0 ]; then
+  step "installing ${need[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+
+# 2. Rust targets and components.
+step "rust toolchain"
+rustup target list --installed | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/nullpaint/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+mkdir -p "$CARGO_TARGET_DIR"
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+# 3. The core library must stay buildable for the browser.
+step "cargo check --target wasm32-unknown-unknown -p nullpaint"
+cargo check --locked --target wasm32-unknown-unknown -p nullpaint
+
+step "cargo clippy -D warnings"
+cargo clippy --locked --workspace --all-targets -- -D warnings
+
+# 4. Tests. The wgpu half of every model test is required here: no adapter = failure.
+step "cargo test (CPU backend + wgpu on $(ls /usr/share/vulkan/icd.d 2>/dev/null | grep -o lvp_icd | head -1 || echo '?'))"
+export NULLPAINT_REQUIRE_WGPU=1
+# lavapipe only: never pick up a real GPU's ICD half-installed on a CI image.
+export VK_ICD_FILENAMES="${VK_ICD_FILENAMES:-$(ls /usr/share/vulkan/icd.d/lvp_icd.*.json 2>/dev/null | head -1)}"
+cargo test --locked --workspace -- --test-threads=1 --nocapture
+step "all tests passed in ${SECONDS}s"
