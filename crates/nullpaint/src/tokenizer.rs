@@ -117,7 +117,7 @@ fn special_tokens(files: &TokenizerFiles) -> Result<SpecialTokens, TokenizerErro
         }
         if let Some(n) = v.get("model_max_length").and_then(|n| n.as_f64()) {
             // transformers writes a huge sentinel when unset; CLIP text encoders take 77.
-            if n >= 1.0 && n <= 4096.0 {
+            if (2.0..=4096.0).contains(&n) {
                 max_length = n as usize;
             }
         }
