@@ -426,9 +426,14 @@ pub fn torch_keys<M: Module>(module: &M) -> Vec<(String, Vec<usize>)> {
 fn param_key(path: &[String], containers: &[String]) -> (String, Layout) {
     let mut key = String::new();
     let mut layout = Layout::Same;
-    for (i, (field, container)) in path.iter().zip(containers).enumerate() {
+    for (field, container) in path.iter().zip(containers) {
+        // An enum module is one of several forms of the same weights (a 1x1 conv or a Linear
+        // `proj_in`): its variant name is not part of the checkpoint key.
+        if container.starts_with("Enum:") {
+            continue;
+        }
         let (name, l) = burn_name_to_torch(container, field);
-        if i > 0 {
+        if !key.is_empty() {
             key.push('.');
         }
         key.push_str(&name);

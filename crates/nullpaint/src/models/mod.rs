@@ -1,7 +1,13 @@
 //! Model definitions. Field and config names follow the diffusers / transformers keys so that
 //! checkpoints load through [`crate::weights`] with no per-module mapping.
 
+pub mod attention;
 pub mod clip;
+pub mod embeddings;
+pub mod resnet;
+pub mod unet_2d;
+pub mod unet_2d_blocks;
+pub mod vae;
 
 /// Errors of model configuration files.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,162 @@
+//! `ResnetBlock2D`, `Downsample2D`, `Upsample2D`.
+//!
+//! Ports of diffusers (0.42) `models/resnet.py` (`ResnetBlock2D`, `time_embedding_norm="default"`)
+//! and `models/downsampling.py` / `models/upsampling.py` (`use_conv=True`).
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::activation::silu;
+use burn::tensor::module::interpolate;
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+use burn::tensor::{Device, Tensor};
+
+/// A 3x3 (or `k`x`k`) convolution with symmetric padding, the way diffusers builds them.
+pub(crate) fn conv2d(
+    i: usize,
+    o: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    device: &Device,
+) -> Conv2d {
+    Conv2dConfig::new([i, o], [k, k])
+        .with_stride([stride, stride])
+        .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+        .init(device)
+}
+
+/// `ResnetBlock2D`: two norm-silu-conv stages, the time embedding added in between, and a 1x1
+/// `conv_shortcut` when the channel count changes.
+#[derive(Module, Debug)]
+pub struct ResnetBlock2D {
+    pub norm1: GroupNorm,
+    pub conv1: Conv2d,
+    /// Absent in the VAE (no time embedding).
+    pub time_emb_proj: Option<Linear>,
+    pub norm2: GroupNorm,
+    pub conv2: Conv2d,
+    pub conv_shortcut: Option<Conv2d>,
+    output_scale_factor: f64,
+}
+
+/// Construction arguments of [`ResnetBlock2D`].
+#[derive(Debug, Clone)]
+pub struct ResnetBlock2DConfig {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub temb_channels: Option<usize>,
+    pub groups: usize,
+    pub eps: f64,
+    pub output_scale_factor: f64,
+}
+
+impl ResnetBlock2DConfig {
+    pub fn init(&self, device: &Device) -> ResnetBlock2D {
+        let (i, o) = (self.in_channels, self.out_channels);
+        ResnetBlock2D {
+            norm1: GroupNormConfig::new(self.groups, i)
+                .with_epsilon(self.eps)
+                .init(device),
+            conv1: conv2d(i, o, 3, 1, 1, device),
+            time_emb_proj: self
+                .temb_channels
+                .map(|t| LinearConfig::new(t, o).init(device)),
+            norm2: GroupNormConfig::new(self.groups, o)
+                .with_epsilon(self.eps)
+                .init(device),
+            conv2: conv2d(o, o, 3, 1, 1, device),
+            conv_shortcut: (i != o).then(|| conv2d(i, o, 1, 1, 0, device)),
+            output_scale_factor: self.output_scale_factor,
+        }
+    }
+}
+
+impl ResnetBlock2D {
+    /// # Shapes
+    /// - `x`: `[batch, in, h, w]`, `temb`: `[batch, temb_channels]` (None in the VAE)
+    /// - output: `[batch, out, h, w]`
+    pub fn forward(&self, x: Tensor<4>, temb: Option<Tensor<2>>) -> Tensor<4> {
+        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        let h = match (&self.time_emb_proj, temb) {
+            (Some(proj), Some(temb)) => h + proj.forward(silu(temb)).unsqueeze_dims::<4>(&[2, 3]),
+            _ => h,
+        };
+        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let x = match &self.conv_shortcut {
+            Some(conv) => conv.forward(x),
+            None => x,
+        };
+        let out = x + h;
+        if self.output_scale_factor == 1.0 {
+            out
+        } else {
+            out / self.output_scale_factor
+        }
+    }
+}
+
+/// `Downsample2D` with a strided 3x3 conv (`downsamplers.0.conv`). `padding = 0` (the VAE) pads
+/// right and bottom by one first, as diffusers does.
+#[derive(Module, Debug)]
+pub struct Downsample2D {
+    pub conv: Conv2d,
+}
+
+impl Downsample2D {
+    pub fn new(channels: usize, padding: usize, device: &Device) -> Self {
+        let conv = if padding == 0 {
+            Conv2dConfig::new([channels, channels], [3, 3])
+                .with_stride([2, 2])
+                .with_padding(PaddingConfig2d::Explicit(0, 0, 1, 1))
+                .init(device)
+        } else {
+            conv2d(channels, channels, 3, 2, padding, device)
+        };
+        Self { conv }
+    }
+
+    /// # Shapes
+    /// - `x`: `[batch, c, h, w]` -> `[batch, c, ceil(h / 2), ceil(w / 2)]`
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.conv.forward(x)
+    }
+}
+
+/// `Upsample2D`: nearest-neighbour x2 (or to an explicit size), then a 3x3 conv
+/// (`upsamplers.0.conv`).
+#[derive(Module, Debug)]
+pub struct Upsample2D {
+    pub conv: Conv2d,
+}
+
+impl Upsample2D {
+    pub fn new(channels: usize, device: &Device) -> Self {
+        Self {
+            conv: conv2d(channels, channels, 3, 1, 1, device),
+        }
+    }
+
+    /// # Shapes
+    /// - `x`: `[batch, c, h, w]` -> `[batch, c, 2h, 2w]`, or `[batch, c, size.0, size.1]`
+    pub fn forward(&self, x: Tensor<4>, size: Option<[usize; 2]>) -> Tensor<4> {
+        let [b, c, h, w] = x.dims();
+        let x = match size {
+            // Exact 2x: repeat each pixel (what nearest interpolation does at scale 2).
+            None => x
+                .reshape([b, c, h, 1, w, 1])
+                .expand([b, c, h, 2, w, 2])
+                .reshape([b, c, h * 2, w * 2]),
+            Some(size) => interpolate(
+                x,
+                InterpolateOptions {
+                    mode: InterpolateMode::Nearest,
+                    align_corners: false,
+                    output_size: Some(size),
+                    scale_factor: None,
+                },
+            ),
+        };
+        self.conv.forward(x)
+    }
+}
