@@ -40,7 +40,9 @@ fn main() {
     let latent: usize = env("NULLPAINT_BENCH_LATENT", "64").parse().unwrap();
     let iters: usize = env("NULLPAINT_BENCH_ITERS", "2").parse().unwrap();
     let config_path = root.join(format!("tests/fixtures/configs/{model}/unet/config.json"));
-    let config = UNet2DConditionConfig::from_json("config.json", &std::fs::read(&config_path).unwrap()).unwrap();
+    let config =
+        UNet2DConditionConfig::from_json("config.json", &std::fs::read(&config_path).unwrap())
+            .unwrap();
 
     let (device, label): (Device, String) = match backend.as_str() {
         "wgpu" => {
@@ -49,14 +51,20 @@ fn main() {
         }
         _ => (nullpaint::device::cpu(), "cpu (flex)".into()),
     };
-    println!("nullpaint UNet {model}, batch {batch}, latent {latent}x{latent}, {label}, {iters} timed forward(s)");
+    println!(
+        "nullpaint UNet {model}, batch {batch}, latent {latent}x{latent}, {label}, {iters} timed forward(s)"
+    );
     let t0 = Instant::now();
     let unet = config.init(&device).unwrap();
     let cross = match &config.cross_attention_dim {
         nullpaint::models::unet_2d::PerBlock::One(c) => *c,
         nullpaint::models::unet_2d::PerBlock::Many(v) => v[0],
     };
-    let x = Tensor::<4>::random([batch, config.in_channels, latent, latent], Distribution::Normal(0.0, 1.0), &device);
+    let x = Tensor::<4>::random(
+        [batch, config.in_channels, latent, latent],
+        Distribution::Normal(0.0, 1.0),
+        &device,
+    );
     let ctx = Tensor::<3>::random([batch, 77, cross], Distribution::Normal(0.0, 1.0), &device);
     // Warm-up: materialises the lazy random weights and compiles kernels.
     let _ = unet.forward(x.clone(), &[999.0], ctx.clone()).into_data();
@@ -70,28 +78,49 @@ fn main() {
     }
     let best = times.iter().cloned().fold(f64::INFINITY, f64::min);
     let peak = peak_rss().unwrap_or(0);
-    println!("  nullpaint: {:.2} s per forward (best of {iters}: {times:.2?}), peak RSS {:.2} GiB", best, gib(peak));
+    println!(
+        "  nullpaint: {:.2} s per forward (best of {iters}: {times:.2?}), peak RSS {:.2} GiB",
+        best,
+        gib(peak)
+    );
 
     let python = std::env::var("NULLPAINT_TORCH_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|_| root.join(".venv-ref/bin/python"));
     if !python.exists() {
-        println!("  PyTorch: skipped (no {}; set NULLPAINT_TORCH_PYTHON to a Python with torch + diffusers)", python.display());
+        println!(
+            "  PyTorch: skipped (no {}; set NULLPAINT_TORCH_PYTHON to a Python with torch + diffusers)",
+            python.display()
+        );
         return;
     }
     drop(unet);
     let out = std::process::Command::new(&python)
         .arg(root.join("tests/bench/unet_torch.py"))
-        .args([config_path.display().to_string(), batch.to_string(), latent.to_string(), iters.to_string(), "2".into()])
+        .args([
+            config_path.display().to_string(),
+            batch.to_string(),
+            latent.to_string(),
+            iters.to_string(),
+            "2".into(),
+        ])
         .output()
         .unwrap();
     if !out.status.success() {
-        println!("  PyTorch: failed: {}", String::from_utf8_lossy(&out.stderr));
+        println!(
+            "  PyTorch: failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         return;
     }
     let line = String::from_utf8_lossy(&out.stdout);
     let v: serde_json::Value = serde_json::from_str(line.lines().last().unwrap_or("{}")).unwrap();
-    let secs: Vec<f64> = v["seconds"].as_array().unwrap().iter().map(|s| s.as_f64().unwrap()).collect();
+    let secs: Vec<f64> = v["seconds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_f64().unwrap())
+        .collect();
     let tbest = secs.iter().cloned().fold(f64::INFINITY, f64::min);
     println!(
         "  PyTorch {} CPU fp32, 2 threads: {:.2} s per forward (best of {iters}: {secs:.2?}), peak RSS {:.2} GiB",

@@ -8,5 +8,7 @@
 
 pub mod device;
 pub mod models;
+pub mod rng;
+pub mod schedulers;
 pub mod tokenizer;
 pub mod weights;
