@@ -7,6 +7,7 @@
 //! selection).
 
 pub mod device;
+pub mod kernel;
 pub mod models;
 pub mod rng;
 pub mod schedulers;
