@@ -9,6 +9,7 @@
 pub mod device;
 pub mod kernel;
 pub mod models;
+pub mod pipeline;
 pub mod rng;
 pub mod schedulers;
 pub mod tokenizer;

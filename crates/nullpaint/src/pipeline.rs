@@ -1,0 +1,619 @@
+//! The inpainting pipeline: DDNM's null-space projection in latent space (SPEC.md), shared by
+//! the CLI and the browser build. It owns no I/O: models come from a [`ModelSource`] (a folder
+//! natively, IndexedDB in the browser), images are pixel buffers, progress goes to a callback.
+//!
+//! After diffusers' `pipelines/stable_diffusion/`: the pipeline composes models, tokenizer and
+//! scheduler and owns nothing else.
+
+use std::ops::ControlFlow;
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use crate::kernel::{self, StepParams};
+use crate::models::ConfigError;
+use crate::models::clip::{ClipTextConfig, ClipTextModel};
+use crate::models::unet_2d::{PerBlock, UNet2DConditionConfig, UNet2DConditionModel};
+use crate::models::vae::{AutoencoderKL, AutoencoderKLConfig};
+use crate::schedulers::{DdimScheduler, Scheduler, SchedulerError};
+use crate::tokenizer::{ClipTokenizer, TokenizerError, TokenizerFiles};
+use crate::weights::{KeyMap, TensorSource, WeightError, load_module};
+
+/// An 8-bit RGB image, row-major, 3 bytes per pixel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RgbImage {
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<u8>,
+}
+
+/// An 8-bit single-channel mask: luminance >= 128 marks the hole (to be filled).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaskImage {
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<u8>,
+}
+
+impl MaskImage {
+    /// Whether pixel `i` (row-major) is in the hole.
+    pub fn is_hole(&self, i: usize) -> bool {
+        self.data[i] >= 128
+    }
+}
+
+/// What the user chooses for one run (defaults as in SPEC.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InpaintOptions {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub steps: usize,
+    pub guidance_scale: f32,
+    pub seed: u64,
+    /// Dilation radius of the latent hole, in latent pixels.
+    pub dilation: usize,
+    /// Copy the known pixels of the input into the output (on by default).
+    pub paste_back: bool,
+    /// Send a cheap latent preview with each step's progress.
+    pub preview: bool,
+}
+
+impl Default for InpaintOptions {
+    fn default() -> Self {
+        Self {
+            prompt: String::new(),
+            negative_prompt: String::new(),
+            steps: 50,
+            guidance_scale: 7.5,
+            seed: 0,
+            dilation: 2,
+            paste_back: true,
+            preview: false,
+        }
+    }
+}
+
+/// Largest dilation radius accepted (latent pixels; 64 covers a 512-pixel-wide band).
+pub const MAX_DILATION: usize = 64;
+
+/// Stages of a run, reported before each starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    EncodingPrompt,
+    EncodingImage,
+    Denoising,
+    Decoding,
+}
+
+/// Progress reported to the caller; returning `ControlFlow::Break` cancels the run.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    Stage(Stage),
+    Step {
+        /// 1-based.
+        step: usize,
+        total: usize,
+        timestep: usize,
+        /// The current clean-latent estimate mapped to RGB at latent resolution, when asked for.
+        preview: Option<RgbImage>,
+    },
+}
+
+/// Errors of loading and running the pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("{0}")]
+    Source(String),
+    #[error(transparent)]
+    Weights(#[from] WeightError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Scheduler(#[from] SchedulerError),
+    #[error("the model's parts do not fit together: {0}")]
+    Incompatible(String),
+    #[error("invalid {what}: {message}")]
+    InvalidInput { what: &'static str, message: String },
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// Where a model's files come from: a diffusers folder layout (`unet/config.json`, ...).
+pub trait ModelSource {
+    /// A name for messages (the folder path, the repo id).
+    fn describe(&self) -> String;
+    /// A small file (config, tokenizer), `Ok(None)` when absent.
+    fn read(&self, path: &str) -> Result<Option<Vec<u8>>, PipelineError>;
+    /// The weights of one component (`unet`, `vae`, `text_encoder`).
+    fn weights(&self, component: &str) -> Result<Box<dyn TensorSource + '_>, PipelineError>;
+}
+
+/// Weight file names a diffusers folder may hold for a component, in order of preference.
+pub fn weight_file_candidates(component: &str) -> Vec<String> {
+    let stem = if component == "text_encoder" {
+        "model"
+    } else {
+        "diffusion_pytorch_model"
+    };
+    vec![
+        format!("{component}/{stem}.safetensors"),
+        format!("{component}/{stem}.fp16.safetensors"),
+    ]
+}
+
+/// A diffusers model folder on disk (native).
+#[cfg(not(target_arch = "wasm32"))]
+#[derive(Debug, Clone)]
+pub struct FolderSource {
+    root: std::path::PathBuf,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl FolderSource {
+    /// Checks that `root` looks like a diffusers pipeline folder.
+    pub fn new(root: impl Into<std::path::PathBuf>) -> Result<Self, PipelineError> {
+        let root = root.into();
+        if !root.is_dir() {
+            return Err(PipelineError::Source(format!(
+                "model folder {} does not exist",
+                root.display()
+            )));
+        }
+        for part in ["unet", "vae", "text_encoder", "tokenizer", "scheduler"] {
+            if !root.join(part).is_dir() {
+                return Err(PipelineError::Source(format!(
+                    "{} is not a diffusers Stable Diffusion folder: it has no {part}/ subfolder (expected model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)",
+                    root.display()
+                )));
+            }
+        }
+        Ok(Self { root })
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl ModelSource for FolderSource {
+    fn describe(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn read(&self, path: &str) -> Result<Option<Vec<u8>>, PipelineError> {
+        let full = self.root.join(path);
+        match std::fs::read(&full) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(PipelineError::Source(format!(
+                "cannot read {}: {e}",
+                full.display()
+            ))),
+        }
+    }
+
+    fn weights(&self, component: &str) -> Result<Box<dyn TensorSource + '_>, PipelineError> {
+        let candidates = weight_file_candidates(component);
+        for c in &candidates {
+            let path = self.root.join(c);
+            if path.is_file() {
+                return Ok(Box::new(crate::weights::SafetensorsFile::open(path)?));
+            }
+        }
+        let bin = self
+            .root
+            .join(component)
+            .join(if component == "text_encoder" {
+                "pytorch_model.bin"
+            } else {
+                "diffusion_pytorch_model.bin"
+            });
+        let hint = if bin.is_file() {
+            format!(
+                "; only {} is there: convert it to safetensors (pickle files are not loaded)",
+                bin.display()
+            )
+        } else {
+            String::new()
+        };
+        Err(PipelineError::Source(format!(
+            "no weights for {component} in {}: looked for {}{hint}",
+            self.root.display(),
+            candidates.join(", ")
+        )))
+    }
+}
+
+/// A loaded Stable Diffusion model: tokenizer, text encoder, UNet, VAE, scheduler settings.
+#[derive(Debug)]
+pub struct StableDiffusion {
+    pub tokenizer: ClipTokenizer,
+    pub text_encoder: ClipTextModel,
+    pub unet: UNet2DConditionModel,
+    pub vae: AutoencoderKL,
+    pub scheduler: DdimScheduler,
+    /// Pixel sides must be multiples of this (VAE factor x 2^UNet down-samplings).
+    pub size_multiple: usize,
+    vae_factor: usize,
+    latent_channels: usize,
+    device: Device,
+}
+
+fn config_bytes(source: &dyn ModelSource, path: &str) -> Result<Vec<u8>, PipelineError> {
+    source
+        .read(path)?
+        .ok_or_else(|| PipelineError::Source(format!("{}: missing {path}", source.describe())))
+}
+
+impl StableDiffusion {
+    /// Loads every component of a diffusers Stable Diffusion 1.x / 2.x folder onto `device`,
+    /// one tensor at a time.
+    pub fn load(source: &dyn ModelSource, device: &Device) -> Result<Self, PipelineError> {
+        let name = source.describe();
+        let file = |p: &str| format!("{name}/{p}");
+        let named = |e: WeightError, model: &str| match e {
+            WeightError::Mismatch {
+                source_name,
+                problems,
+                ..
+            } => WeightError::Mismatch {
+                source_name,
+                model: Some(model.to_string()),
+                problems,
+            },
+            other => other,
+        };
+
+        // 1. tokenizer
+        let tok_files: Vec<Option<Vec<u8>>> = [
+            "tokenizer/tokenizer.json",
+            "tokenizer/vocab.json",
+            "tokenizer/merges.txt",
+            "tokenizer/tokenizer_config.json",
+            "tokenizer/special_tokens_map.json",
+        ]
+        .iter()
+        .map(|p| source.read(p))
+        .collect::<Result<_, _>>()?;
+        let tokenizer = ClipTokenizer::from_files(
+            TokenizerFiles {
+                tokenizer_json: tok_files[0].as_deref(),
+                vocab_json: tok_files[1].as_deref(),
+                merges_txt: tok_files[2].as_deref(),
+                tokenizer_config_json: tok_files[3].as_deref(),
+                special_tokens_map_json: tok_files[4].as_deref(),
+            },
+            &file("tokenizer"),
+        )?;
+
+        // 2. configs
+        let te_config = ClipTextConfig::from_json(
+            &file("text_encoder/config.json"),
+            &config_bytes(source, "text_encoder/config.json")?,
+        )?;
+        let unet_config = UNet2DConditionConfig::from_json(
+            &file("unet/config.json"),
+            &config_bytes(source, "unet/config.json")?,
+        )?;
+        let vae_config = AutoencoderKLConfig::from_json(
+            &file("vae/config.json"),
+            &config_bytes(source, "vae/config.json")?,
+        )?;
+        let scheduler = DdimScheduler::from_json(
+            &file("scheduler/scheduler_config.json"),
+            &config_bytes(source, "scheduler/scheduler_config.json")?,
+        )?;
+        Self::check_compatible(&te_config, &unet_config, &vae_config)?;
+
+        // 3. weights
+        let text_encoder = load_module(
+            te_config.init(device),
+            &*source.weights("text_encoder")?,
+            &ClipTextModel::key_map(),
+            device,
+        )
+        .map_err(|e| named(e, "text_encoder"))?;
+        let unet = load_module(
+            unet_config.init(device)?,
+            &*source.weights("unet")?,
+            &KeyMap::default(),
+            device,
+        )
+        .map_err(|e| named(e, "unet"))?;
+        let vae = load_module(
+            vae_config.init(device)?,
+            &*source.weights("vae")?,
+            &KeyMap::default(),
+            device,
+        )
+        .map_err(|e| named(e, "vae"))?;
+
+        let vae_factor = vae_config.downscale_factor();
+        Ok(Self {
+            tokenizer,
+            text_encoder,
+            unet,
+            vae,
+            scheduler,
+            size_multiple: vae_factor << unet_config.num_downsamplings(),
+            vae_factor,
+            latent_channels: vae_config.latent_channels,
+            device: device.clone(),
+        })
+    }
+
+    fn check_compatible(
+        te: &ClipTextConfig,
+        unet: &UNet2DConditionConfig,
+        vae: &AutoencoderKLConfig,
+    ) -> Result<(), PipelineError> {
+        let cross = match &unet.cross_attention_dim {
+            PerBlock::One(c) => vec![*c],
+            PerBlock::Many(v) => v.clone(),
+        };
+        if cross.iter().any(|c| *c != te.hidden_size) {
+            return Err(PipelineError::Incompatible(format!(
+                "the text encoder's hidden_size is {} but the UNet's cross_attention_dim is {:?}",
+                te.hidden_size, unet.cross_attention_dim
+            )));
+        }
+        if unet.in_channels != vae.latent_channels {
+            let hint = if unet.in_channels == 9 {
+                " (this is an inpainting checkpoint: DDNM needs the base model of the same family, e.g. stable-diffusion-v1-5)"
+            } else {
+                ""
+            };
+            return Err(PipelineError::Incompatible(format!(
+                "the UNet takes {} input channels but the VAE makes {} latent channels{hint}",
+                unet.in_channels, vae.latent_channels
+            )));
+        }
+        if unet.out_channels != vae.latent_channels {
+            return Err(PipelineError::Incompatible(format!(
+                "the UNet predicts {} channels but the VAE has {} latent channels",
+                unet.out_channels, vae.latent_channels
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Checks the options and the image / mask pair without running anything.
+    pub fn validate(
+        &self,
+        image: &RgbImage,
+        mask: &MaskImage,
+        options: &InpaintOptions,
+    ) -> Result<(), PipelineError> {
+        let invalid = |what, message: String| Err(PipelineError::InvalidInput { what, message });
+        if image.width == 0
+            || image.height == 0
+            || image.data.len() != image.width * image.height * 3
+        {
+            return invalid(
+                "image",
+                format!(
+                    "{}x{} with {} bytes of RGB data",
+                    image.width,
+                    image.height,
+                    image.data.len()
+                ),
+            );
+        }
+        if (mask.width, mask.height) != (image.width, image.height) {
+            return invalid(
+                "mask",
+                format!(
+                    "the mask is {}x{} but the image is {}x{}; they must have the same size",
+                    mask.width, mask.height, image.width, image.height
+                ),
+            );
+        }
+        if mask.data.len() != mask.width * mask.height {
+            return invalid(
+                "mask",
+                format!(
+                    "{} bytes for {}x{} pixels",
+                    mask.data.len(),
+                    mask.width,
+                    mask.height
+                ),
+            );
+        }
+        let max_steps = self.scheduler.config().num_train_timesteps;
+        if options.steps == 0 || options.steps > max_steps {
+            return invalid(
+                "steps",
+                format!("{} (choose between 1 and {max_steps})", options.steps),
+            );
+        }
+        if !options.guidance_scale.is_finite() {
+            return invalid(
+                "guidance scale",
+                format!("{} is not a finite number", options.guidance_scale),
+            );
+        }
+        if options.dilation > MAX_DILATION {
+            return invalid(
+                "dilation",
+                format!(
+                    "{} latent pixels (at most {MAX_DILATION})",
+                    options.dilation
+                ),
+            );
+        }
+        let mut probe = self.scheduler.clone();
+        probe.set_timesteps(options.steps)?;
+        Ok(())
+    }
+
+    /// Inpaints the hole of `mask` (luminance >= 128) in `image`. An empty hole returns the
+    /// image unchanged without running the model.
+    pub fn inpaint(
+        &self,
+        image: &RgbImage,
+        mask: &MaskImage,
+        options: &InpaintOptions,
+        progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
+    ) -> Result<RgbImage, PipelineError> {
+        self.validate(image, mask, options)?;
+        let (w, h) = (image.width, image.height);
+        if !(0..w * h).any(|i| mask.is_hole(i)) {
+            return Ok(image.clone());
+        }
+        let report = |p: Progress, progress: &mut dyn FnMut(Progress) -> ControlFlow<()>| {
+            match progress(p) {
+                ControlFlow::Continue(()) => Ok(()),
+                ControlFlow::Break(()) => Err(PipelineError::Cancelled),
+            }
+        };
+        let device = &self.device;
+
+        // 0. working size: pad right / bottom to the model's multiple (edge pixels, known)
+        let m = self.size_multiple;
+        let (wp, hp) = (w.div_ceil(m) * m, h.div_ceil(m) * m);
+        let mut x = vec![0f32; 3 * hp * wp]; // y = M_p * x, [3, hp, wp]
+        let mut known = vec![0f32; hp * wp]; // M_p
+        for yy in 0..hp {
+            for xx in 0..wp {
+                let (sy, sx) = (yy.min(h - 1), xx.min(w - 1));
+                let src = sy * w + sx;
+                let is_known = yy >= h || xx >= w || !mask.is_hole(src);
+                known[yy * wp + xx] = if is_known { 1.0 } else { 0.0 };
+                for c in 0..3 {
+                    let v = image.data[src * 3 + c] as f32 / 127.5 - 1.0;
+                    x[(c * hp + yy) * wp + xx] = if is_known { v } else { 0.0 };
+                }
+            }
+        }
+
+        // 1. prompt embeddings: [uncond, cond] with guidance, else cond alone
+        report(Progress::Stage(Stage::EncodingPrompt), progress)?;
+        let guided = options.guidance_scale > 1.0;
+        let mut ids: Vec<i32> = vec![];
+        let prompts: Vec<&str> = if guided {
+            vec![&options.negative_prompt, &options.prompt]
+        } else {
+            vec![&options.prompt]
+        };
+        for p in &prompts {
+            ids.extend(self.tokenizer.encode(p)?.ids.iter().map(|&i| i as i32));
+        }
+        let seq = self.tokenizer.max_length();
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [prompts.len(), seq]), device);
+        let context = self.text_encoder.forward(ids); // [b, 77, d]
+
+        // 2. observation: z_y = scaling * mean(E(y)); latent mask
+        report(Progress::Stage(Stage::EncodingImage), progress)?;
+        let sf = self.vae.scaling_factor() as f32;
+        let y = Tensor::<4>::from_data(TensorData::new(x, [1, 3, hp, wp]), device);
+        let z_y = self.vae.encode(y).mean * sf; // [1, c, hp/f, wp/f]
+        let pixel_mask = Tensor::<2>::from_data(TensorData::new(known, [hp, wp]), device);
+        let m_l = kernel::latent_mask(pixel_mask, self.vae_factor, options.dilation); // [hp/f, wp/f]
+
+        // 3. DDIM with the projection at every step
+        report(Progress::Stage(Stage::Denoising), progress)?;
+        let mut scheduler = self.scheduler.clone();
+        scheduler.set_timesteps(options.steps)?;
+        let (lh, lw) = (hp / self.vae_factor, wp / self.vae_factor);
+        let shape = [1, self.latent_channels, lh, lw];
+        let mut z = Tensor::<4>::from_data(
+            TensorData::new(crate::rng::randn(options.seed, &shape), shape),
+            device,
+        );
+        let total = scheduler.timesteps().len();
+        for i in 0..total {
+            let coefficients = scheduler.coefficients(i);
+            let input = if guided {
+                Tensor::cat(vec![z.clone(), z.clone()], 0)
+            } else {
+                z.clone()
+            };
+            let out = self
+                .unet
+                .forward(input, &[coefficients.timestep as f32], context.clone());
+            let params = StepParams::new(
+                coefficients,
+                scheduler.prediction_type(),
+                guided.then_some(options.guidance_scale),
+                scheduler.clip_sample(),
+            );
+            let (z_prev, z0_hat) = kernel::ddnm_step(z, out, z_y.clone(), m_l.clone(), &params);
+            z = z_prev;
+            let preview = options.preview.then(|| latent_preview(z0_hat));
+            report(
+                Progress::Step {
+                    step: i + 1,
+                    total,
+                    timestep: coefficients.timestep,
+                    preview,
+                },
+                progress,
+            )?;
+        }
+
+        // 4. decode, to bytes, crop, paste back
+        report(Progress::Stage(Stage::Decoding), progress)?;
+        let decoded = self.vae.decode(z / sf).clamp(-1.0, 1.0); // [1, 3, hp, wp]
+        let values = decoded
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| PipelineError::Source(format!("reading the decoded image back: {e:?}")))?;
+        let mut out = image.clone();
+        for yy in 0..h {
+            for xx in 0..w {
+                let i = yy * w + xx;
+                if options.paste_back && !mask.is_hole(i) {
+                    continue;
+                }
+                for c in 0..3 {
+                    let v = values[(c * hp + yy) * wp + xx];
+                    out.data[i * 3 + c] = ((v + 1.0) / 2.0 * 255.0)
+                        .round_ties_even()
+                        .clamp(0.0, 255.0) as u8;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Cheap RGB preview of a latent at latent resolution: a fixed linear map from the 4 SD latent
+/// channels to RGB (the usual approximation of the SD 1.x / 2.x VAE), no decoder run.
+pub fn latent_preview(latent: Tensor<4>) -> RgbImage {
+    const FACTORS: [[f32; 3]; 4] = [
+        [0.298, 0.207, 0.208],
+        [0.187, 0.286, 0.173],
+        [-0.158, 0.189, 0.264],
+        [-0.184, -0.271, -0.473],
+    ];
+    let [_, c, h, w] = latent.dims();
+    let values = latent
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap_or_default();
+    let mut data = vec![0u8; h * w * 3];
+    if values.len() < c * h * w {
+        return RgbImage {
+            width: w,
+            height: h,
+            data,
+        };
+    }
+    for p in 0..h * w {
+        for (k, d) in data[p * 3..p * 3 + 3].iter_mut().enumerate() {
+            let v: f32 = (0..c.min(4))
+                .map(|ch| values[ch * h * w + p] * FACTORS[ch][k])
+                .sum();
+            *d = ((v + 1.0) / 2.0 * 255.0).round().clamp(0.0, 255.0) as u8;
+        }
+    }
+    RgbImage {
+        width: w,
+        height: h,
+        data,
+    }
+}
