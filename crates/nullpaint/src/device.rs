@@ -59,6 +59,15 @@ static WGPU: std::sync::OnceLock<Result<(Device, AdapterInfo), DeviceError>> =
 #[cfg(not(target_arch = "wasm32"))]
 pub fn wgpu() -> Result<(Device, AdapterInfo), DeviceError> {
     WGPU.get_or_init(|| {
+        // On Linux, ask for Vulkan first: letting wgpu probe every API also initialises EGL,
+        // which prints errors on headless machines. Anything else lets wgpu choose.
+        #[cfg(target_os = "linux")]
+        if let Ok((device, setup)) = Device::wgpu_options()
+            .graphics_api(burn::tensor::wgpu::WgpuBackend::Vulkan)
+            .init_with_setup()
+        {
+            return Ok((device, adapter_info(&setup)));
+        }
         let (device, setup) = Device::wgpu_options()
             .init_with_setup()
             .map_err(|e| DeviceError::NoAdapter(e.to_string()))?;

@@ -1,0 +1,143 @@
+//! `--model`: a local diffusers folder, or a Hugging Face repo id fetched with `hf-hub` into the
+//! standard cache (`HF_HOME`, default `~/.cache/huggingface`), only the files the pipeline
+//! needs, f16 weight variants where the repository has them. `HF_HUB_OFFLINE=1` uses the cache
+//! alone.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use hf_hub::api::sync::ApiBuilder;
+use hf_hub::{Cache, Repo};
+
+pub const DEFAULT_MODEL: &str = "stable-diffusion-v1-5/stable-diffusion-v1-5";
+
+const CONFIGS: &[&str] = &[
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "unet/config.json",
+    "vae/config.json",
+    "tokenizer/tokenizer_config.json",
+    "tokenizer/special_tokens_map.json",
+];
+const TOKENIZER_PAIR: &[&str] = &["tokenizer/vocab.json", "tokenizer/merges.txt"];
+const TOKENIZER_JSON: &str = "tokenizer/tokenizer.json";
+const WEIGHTS: &[(&str, &str)] = &[
+    ("text_encoder", "model"),
+    ("unet", "diffusion_pytorch_model"),
+    ("vae", "diffusion_pytorch_model"),
+];
+
+fn offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE")
+        .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+}
+
+/// A local folder as it is, or the snapshot folder of a repo in the cache (downloading what is
+/// missing unless offline).
+pub fn resolve(model: &str) -> Result<PathBuf> {
+    let path = Path::new(model);
+    if path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    let is_repo_id = model.split('/').count() == 2
+        && !model.starts_with('.')
+        && !model.starts_with('/')
+        && !model.contains('\\');
+    if !is_repo_id {
+        bail!("--model {model}: no such folder, and not a Hugging Face repo id (owner/name)");
+    }
+    if offline() {
+        from_cache(model)
+    } else {
+        download(model)
+    }
+}
+
+fn from_cache(repo_id: &str) -> Result<PathBuf> {
+    let cache = Cache::from_env();
+    let repo = cache.model(repo_id.to_string());
+    let missing = |f: &str| {
+        anyhow::anyhow!(
+            "HF_HUB_OFFLINE is set and {f} of {repo_id} is not in the cache {}; run once online, or pass a local folder with --model",
+            cache.path().display()
+        )
+    };
+    let index = repo
+        .get("model_index.json")
+        .ok_or_else(|| missing("model_index.json"))?;
+    for f in CONFIGS {
+        repo.get(f).ok_or_else(|| missing(f))?;
+    }
+    if repo.get(TOKENIZER_JSON).is_none() {
+        for f in TOKENIZER_PAIR {
+            repo.get(f).ok_or_else(|| missing(f))?;
+        }
+    }
+    for (component, stem) in WEIGHTS {
+        let fp16 = format!("{component}/{stem}.fp16.safetensors");
+        let full = format!("{component}/{stem}.safetensors");
+        if repo.get(&fp16).is_none() && repo.get(&full).is_none() {
+            return Err(missing(&fp16));
+        }
+    }
+    snapshot_dir(&index)
+}
+
+fn snapshot_dir(model_index: &Path) -> Result<PathBuf> {
+    model_index
+        .parent()
+        .map(Path::to_path_buf)
+        .context("the cached model_index.json has no parent folder")
+}
+
+fn download(repo_id: &str) -> Result<PathBuf> {
+    let api = ApiBuilder::from_env()
+        .with_progress(true)
+        .build()
+        .context("cannot set up the Hugging Face client")?;
+    let repo = api.repo(Repo::model(repo_id.to_string()));
+    let info = repo.info().with_context(|| {
+        format!("cannot reach the Hugging Face Hub for {repo_id} (offline? set HF_HUB_OFFLINE=1 to use the cache, or pass a local folder with --model)")
+    })?;
+    let present: Vec<&str> = info.siblings.iter().map(|s| s.rfilename.as_str()).collect();
+    let has = |f: &str| present.contains(&f);
+    if !has("model_index.json") || !has("unet/config.json") {
+        bail!(
+            "{repo_id} is not a diffusers Stable Diffusion repository (no model_index.json / unet/config.json)"
+        );
+    }
+    let mut files: Vec<String> = CONFIGS
+        .iter()
+        .filter(|f| has(f))
+        .map(|f| f.to_string())
+        .collect();
+    if has(TOKENIZER_JSON) {
+        files.push(TOKENIZER_JSON.into());
+    } else {
+        files.extend(TOKENIZER_PAIR.iter().map(|f| f.to_string()));
+    }
+    for (component, stem) in WEIGHTS {
+        let fp16 = format!("{component}/{stem}.fp16.safetensors");
+        let full = format!("{component}/{stem}.safetensors");
+        if has(&fp16) {
+            files.push(fp16);
+        } else if has(&full) {
+            files.push(full);
+        } else {
+            bail!(
+                "{repo_id} has no safetensors weights for {component} (looked for {fp16} and {full})"
+            );
+        }
+    }
+    let mut index = None;
+    for f in &files {
+        let path = repo
+            .get(f)
+            .with_context(|| format!("downloading {f} from {repo_id}"))?;
+        if f == "model_index.json" {
+            index = Some(path);
+        }
+    }
+    snapshot_dir(&index.context("model_index.json was not downloaded")?)
+}

@@ -1,0 +1,218 @@
+//! `nullpaint`: inpaint a photo with any Stable Diffusion 1.x / 2.x checkpoint, zero-shot (DDNM's
+//! null-space projection in latent space), on the GPU through wgpu or on the CPU.
+
+mod hub;
+mod io;
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use nullpaint::device::BackendChoice;
+use nullpaint::pipeline::{FolderSource, InpaintOptions, Progress, StableDiffusion, Stage};
+
+const EXAMPLE: &str = "Example:
+  nullpaint inpaint --image photo.png --mask mask.png --prompt \"a wooden bench in a park\"
+
+The mask has the image's size; white (luminance >= 128) marks what to repaint, black what to keep.
+Without --model, stable-diffusion-v1-5/stable-diffusion-v1-5 is downloaded into the Hugging Face
+cache (HF_HOME; set HF_HUB_OFFLINE=1 to use only what is cached).";
+
+#[derive(Parser, Debug)]
+#[command(name = "nullpaint", version, about = "Zero-shot image inpainting with Stable Diffusion (DDNM in latent space)", after_help = EXAMPLE)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Fill the masked region of an image, guided by a text prompt.
+    #[command(after_help = EXAMPLE)]
+    Inpaint(InpaintArgs),
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum Backend {
+    /// wgpu when a GPU adapter exists, else the CPU (with a warning)
+    Auto,
+    /// wgpu: Vulkan, Metal or DX12
+    Wgpu,
+    /// the pure-Rust CPU backend (slow)
+    Cpu,
+}
+
+#[derive(clap::Args, Debug)]
+struct InpaintArgs {
+    /// The photo (PNG, JPEG, WebP, BMP; alpha is dropped).
+    #[arg(long)]
+    image: PathBuf,
+    /// The mask, same size as the image: white (>= 128) = fill, black = keep.
+    #[arg(long)]
+    mask: PathBuf,
+    /// What to paint into the hole.
+    #[arg(long)]
+    prompt: String,
+    /// A diffusers folder, or a Hugging Face repo id.
+    #[arg(long, default_value = hub::DEFAULT_MODEL)]
+    model: String,
+    /// What to steer away from.
+    #[arg(long, default_value = "")]
+    negative_prompt: String,
+    /// Denoising steps (DDIM).
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    /// Classifier-free guidance scale; <= 1 runs the prompt alone.
+    #[arg(long, default_value_t = 7.5, allow_negative_numbers = true)]
+    guidance_scale: f32,
+    /// Seed of the initial noise (same seed as diffusers, same image); drawn and printed if absent.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Grow the hole by this many latent pixels (8 image pixels each) to blend the border.
+    #[arg(long, default_value_t = 2)]
+    dilate: usize,
+    /// Output the raw decoded image instead of pasting the known pixels back.
+    #[arg(long)]
+    no_paste_back: bool,
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    backend: Backend,
+    /// Output file (format from the extension: png, jpg, webp, bmp). Default: IMAGE.inpainted.png
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+}
+
+fn main() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NULLPAINT_LOG")
+        .unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inpaint(args) => inpaint(args),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        for cause in e.chain().skip(1) {
+            eprintln!("  caused by: {cause}");
+        }
+        std::process::exit(1);
+    }
+}
+
+fn inpaint(args: InpaintArgs) -> Result<()> {
+    let start = Instant::now();
+    // 1. everything the user gave, checked before any model work
+    let image = io::load_image(&args.image)?;
+    let mask = io::load_mask(&args.mask)?;
+    if (mask.width, mask.height) != (image.width, image.height) {
+        bail!(
+            "the mask {} is {}x{} but the image {} is {}x{}: they must have the same size",
+            args.mask.display(),
+            mask.width,
+            mask.height,
+            args.image.display(),
+            image.width,
+            image.height
+        );
+    }
+    if args.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    if !args.guidance_scale.is_finite() {
+        bail!(
+            "--guidance-scale must be a finite number, got {}",
+            args.guidance_scale
+        );
+    }
+    let output_path = args
+        .output
+        .clone()
+        .unwrap_or_else(|| io::default_output(&args.image));
+    let output = io::PendingOutput::create(&output_path, &[&args.image, &args.mask])?;
+    let seed = args.seed.unwrap_or_else(io::random_seed);
+    if args.seed.is_none() {
+        eprintln!("seed: {seed} (pass --seed {seed} to reproduce)");
+    }
+
+    // 2. device and model
+    let choice = match args.backend {
+        Backend::Auto => BackendChoice::Auto,
+        Backend::Wgpu => BackendChoice::Wgpu,
+        Backend::Cpu => BackendChoice::Cpu,
+    };
+    let (device, device_name) = nullpaint::device::select(choice)?;
+    eprintln!("device: {device_name}");
+    let folder = hub::resolve(&args.model)?;
+    let load_start = Instant::now();
+    let source = FolderSource::new(&folder)?;
+    let sd = StableDiffusion::load(&source, &device)
+        .with_context(|| format!("loading the model from {}", folder.display()))?;
+    let load_time = load_start.elapsed();
+
+    // 3. run with a progress bar
+    let options = InpaintOptions {
+        prompt: args.prompt.clone(),
+        negative_prompt: args.negative_prompt.clone(),
+        steps: args.steps,
+        guidance_scale: args.guidance_scale,
+        seed,
+        dilation: args.dilate,
+        paste_back: !args.no_paste_back,
+        preview: false,
+    };
+    sd.validate(&image, &mask, &options)?;
+    let run_start = Instant::now();
+    let bar = ProgressBar::new(args.steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg:>10} [{bar:30}] {pos}/{len} steps  {elapsed_precise} < {eta_precise}  {per_sec}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let mut denoise_time = None;
+    let mut denoise_start = None;
+    let result = sd.inpaint(&image, &mask, &options, &mut |p| {
+        match p {
+            Progress::Stage(Stage::EncodingPrompt) => bar.set_message("prompt"),
+            Progress::Stage(Stage::EncodingImage) => bar.set_message("image"),
+            Progress::Stage(Stage::Denoising) => {
+                bar.set_message("denoising");
+                bar.reset_eta();
+                denoise_start = Some(Instant::now());
+            }
+            Progress::Stage(Stage::Decoding) => {
+                denoise_time = denoise_start.map(|s| s.elapsed());
+                bar.set_message("decoding");
+            }
+            Progress::Step { step, .. } => bar.set_position(step as u64),
+        }
+        ControlFlow::Continue(())
+    });
+    bar.finish_and_clear();
+    let result = result?;
+    let run_time = run_start.elapsed();
+    output.commit(&result)?;
+
+    let per_step = denoise_time
+        .map(|d| d.as_secs_f64() / args.steps as f64)
+        .unwrap_or(0.0);
+    eprintln!(
+        "wrote {} ({}x{}) in {:.1} s: load {:.1} s, inpaint {:.1} s ({} steps, {:.2} s/step), seed {seed}",
+        output_path.display(),
+        result.width,
+        result.height,
+        start.elapsed().as_secs_f64(),
+        load_time.as_secs_f64(),
+        run_time.as_secs_f64(),
+        args.steps,
+        per_step
+    );
+    Ok(())
+}

@@ -1,0 +1,362 @@
+//! The real `nullpaint` binary on the tiny fixture models: a run that matches the Python
+//! reference of SPEC.md, and every bad input of the path giving a message, a non-zero exit and no
+//! partial output.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn e2e(name: &str) -> PathBuf {
+    fixtures().join("reference/e2e").join(name)
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("nullpaint-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn nullpaint(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nullpaint"))
+        .args(args)
+        .current_dir(dir)
+        .env("HF_HOME", dir.join("hf-home"))
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Files in `dir` other than the ones named (no temporary files left behind).
+fn leftovers(dir: &Path, expected: &[&str]) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !expected.contains(&n.as_str()))
+        .collect()
+}
+
+#[test]
+fn cli_inpaint_matches_the_python_reference_on_both_backends() {
+    let case = "sd1_guided_64x64";
+    let want = image::open(e2e(&format!("{case}.out.png")))
+        .unwrap()
+        .to_rgb8();
+    let model = fixtures().join("tiny-sd1");
+    for backend in ["cpu", "wgpu"] {
+        let dir = tempdir(&format!("ok-{backend}"));
+        let img = e2e(&format!("{case}.image.png"));
+        let mask = e2e(&format!("{case}.mask.png"));
+        let out = nullpaint(
+            &[
+                "inpaint",
+                "--image",
+                img.to_str().unwrap(),
+                "--mask",
+                mask.to_str().unwrap(),
+                "--prompt",
+                "a red apple on a wooden table",
+                "--negative-prompt",
+                "blurry",
+                "--model",
+                model.to_str().unwrap(),
+                "--steps",
+                "4",
+                "--guidance-scale",
+                "7.5",
+                "--seed",
+                "42",
+                "--dilate",
+                "2",
+                "--backend",
+                backend,
+                "--output",
+                "result.png",
+            ],
+            &dir,
+        );
+        if backend == "wgpu"
+            && !out.status.success()
+            && std::env::var("NULLPAINT_REQUIRE_WGPU").as_deref() != Ok("1")
+        {
+            eprintln!("WARNING: wgpu CLI run skipped: {}", stderr(&out));
+            continue;
+        }
+        assert!(out.status.success(), "{backend}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains("wrote") && err.contains("s/step"), "{err}");
+        let got = image::open(dir.join("result.png")).unwrap().to_rgb8();
+        let max = got
+            .as_raw()
+            .iter()
+            .zip(want.as_raw())
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
+        assert!(
+            max <= 1,
+            "{backend}: differs from the reference by {max} levels"
+        );
+        assert_eq!(leftovers(&dir, &["result.png"]), Vec::<String>::new());
+    }
+}
+
+#[test]
+fn cli_default_output_name_and_drawn_seed() {
+    let dir = tempdir("default-name");
+    std::fs::copy(e2e("sd1_padded_40x56.image.png"), dir.join("photo.png")).unwrap();
+    std::fs::copy(e2e("sd1_padded_40x56.mask.png"), dir.join("mask.png")).unwrap();
+    let model = fixtures().join("tiny-sd1");
+    let out = nullpaint(
+        &[
+            "inpaint",
+            "--image",
+            "photo.png",
+            "--mask",
+            "mask.png",
+            "--prompt",
+            "x",
+            "--model",
+            model.to_str().unwrap(),
+            "--steps",
+            "1",
+            "--backend",
+            "cpu",
+        ],
+        &dir,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("pass --seed"), "{}", stderr(&out));
+    let result = image::open(dir.join("photo.inpainted.png")).unwrap();
+    assert_eq!((result.width(), result.height()), (56, 40));
+}
+
+#[test]
+fn cli_help_shows_an_example() {
+    let out = nullpaint(&["inpaint", "--help"], &std::env::temp_dir());
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Example:") && text.contains("nullpaint inpaint --image"),
+        "{text}"
+    );
+}
+
+#[test]
+fn cli_bad_inputs_fail_cleanly() {
+    let dir = tempdir("bad");
+    let model = fixtures().join("tiny-sd1");
+    let model = model.to_str().unwrap();
+    let img = e2e("sd1_guided_64x64.image.png");
+    let img = img.to_str().unwrap();
+    let mask = e2e("sd1_guided_64x64.mask.png");
+    let mask = mask.to_str().unwrap();
+    let other_mask = e2e("sd1_padded_40x56.mask.png");
+    std::fs::write(dir.join("garbage.png"), b"not a png at all").unwrap();
+    std::fs::copy(img, dir.join("input.png")).unwrap();
+    // A model folder whose UNet weights are cut in half (a half-written download).
+    let broken = dir.join("broken-model");
+    copy_dir(&fixtures().join("tiny-sd1"), &broken);
+    let w = broken.join("unet/diffusion_pytorch_model.safetensors");
+    let bytes = std::fs::read(&w).unwrap();
+    std::fs::write(&w, &bytes[..bytes.len() / 2]).unwrap();
+    let broken = broken.to_str().unwrap().to_string();
+    let base = |extra: &[&str]| {
+        let mut v: Vec<String> = [
+            "inpaint",
+            "--prompt",
+            "p",
+            "--backend",
+            "cpu",
+            "--steps",
+            "2",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            base(&[
+                "--image",
+                "missing.png",
+                "--mask",
+                mask,
+                "--model",
+                model,
+                "-o",
+                "o.png",
+            ]),
+            "missing.png",
+        ),
+        (
+            base(&[
+                "--image",
+                "garbage.png",
+                "--mask",
+                mask,
+                "--model",
+                model,
+                "-o",
+                "o.png",
+            ]),
+            "garbage.png",
+        ),
+        (
+            base(&[
+                "--image",
+                img,
+                "--mask",
+                other_mask.to_str().unwrap(),
+                "--model",
+                model,
+                "-o",
+                "o.png",
+            ]),
+            "same size",
+        ),
+        (
+            base(&[
+                "--image", img, "--mask", mask, "--model", model, "-o", "o.png", "--steps", "0",
+            ]),
+            "--steps",
+        ),
+        (
+            base(&[
+                "--image",
+                img,
+                "--mask",
+                mask,
+                "--model",
+                model,
+                "-o",
+                "o.png",
+                "--guidance-scale",
+                "NaN",
+            ]),
+            "guidance",
+        ),
+        (
+            base(&[
+                "--image",
+                "input.png",
+                "--mask",
+                mask,
+                "--model",
+                model,
+                "-o",
+                "input.png",
+            ]),
+            "one of the inputs",
+        ),
+        (
+            base(&[
+                "--image",
+                img,
+                "--mask",
+                mask,
+                "--model",
+                model,
+                "-o",
+                "no/such/dir/o.png",
+            ]),
+            "does not exist",
+        ),
+        (
+            base(&[
+                "--image", img, "--mask", mask, "--model", model, "-o", "o.tiff",
+            ]),
+            "output format",
+        ),
+        (
+            base(&[
+                "--image",
+                img,
+                "--mask",
+                mask,
+                "--model",
+                "no-such-folder",
+                "-o",
+                "o.png",
+            ]),
+            "no such folder",
+        ),
+        (
+            base(&[
+                "--image",
+                img,
+                "--mask",
+                mask,
+                "--model",
+                "someone/some-model",
+                "-o",
+                "o.png",
+            ]),
+            "HF_HUB_OFFLINE",
+        ),
+        (
+            base(&[
+                "--image", img, "--mask", mask, "--model", &broken, "-o", "o.png",
+            ]),
+            "diffusion_pytorch_model.safetensors",
+        ),
+        (
+            base(&[
+                "--image",
+                img,
+                "--mask",
+                mask,
+                "--model",
+                &fixtures().join("tiny-unet-inpaint9").display().to_string(),
+                "-o",
+                "o.png",
+            ]),
+            "not a diffusers",
+        ),
+    ];
+    let before = std::fs::read(dir.join("input.png")).unwrap();
+    for (args, needle) in cases {
+        let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let out = nullpaint(&args, &dir);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            err.contains("error:") && err.contains(needle),
+            "{args:?}: expected {needle:?} in:\n{err}"
+        );
+        assert!(!err.contains("panicked"), "{args:?} panicked:\n{err}");
+        assert_eq!(
+            leftovers(&dir, &["garbage.png", "input.png", "broken-model"]),
+            Vec::<String>::new(),
+            "{args:?} left files"
+        );
+    }
+    assert_eq!(
+        std::fs::read(dir.join("input.png")).unwrap(),
+        before,
+        "an input was modified"
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
