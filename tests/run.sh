@@ -45,6 +45,11 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 # 4. Tests. The wgpu half of every model test is required here: no adapter = failure.
 step "cargo test (CPU backend + wgpu on $(ls /usr/share/vulkan/icd.d 2>/dev/null | grep -o lvp_icd | head -1 || echo '?'))"
 export NULLPAINT_REQUIRE_WGPU=1
+# Mesa's window-system probing complains on headless machines without a runtime dir.
+if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
+  export XDG_RUNTIME_DIR="$(mktemp -d)"
+  chmod 700 "$XDG_RUNTIME_DIR"
+fi
 # lavapipe only: never pick up a real GPU's ICD half-installed on a CI image.
 export VK_ICD_FILENAMES="${VK_ICD_FILENAMES:-$(ls /usr/share/vulkan/icd.d/lvp_icd.*.json 2>/dev/null | head -1)}"
 cargo test --locked --workspace -- --test-threads=1 --nocapture
