@@ -36,7 +36,13 @@ fn masks(h: usize, w: usize, seed: u64) -> Vec<(String, Vec<f32>)> {
     let mut g = TorchGenerator::new(seed);
     let mut out = vec![];
     let random: Vec<f32> = (0..ph * pw)
-        .map(|_| if g.next_u32() % 7 == 0 { 0.0 } else { 1.0 })
+        .map(|_| {
+            if g.next_u32().is_multiple_of(7) {
+                0.0
+            } else {
+                1.0
+            }
+        })
         .collect();
     out.push(("random".into(), random));
     let mut border = vec![1.0; ph * pw];

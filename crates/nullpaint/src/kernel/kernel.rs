@@ -11,6 +11,8 @@ use cubecl::prelude::*;
 /// borders, `M_l = 1 - dilated hole`. One thread per latent pixel.
 ///
 /// `pixel_mask`: `[H, W]`, 1 = known, 0 = hole. `output`: `[h, w]`, same convention.
+// `saturating_sub` is not a CubeCL intrinsic; the explicit branch compiles to WGSL.
+#[allow(clippy::implicit_saturating_sub)]
 #[cube(launch)]
 pub fn latent_mask_kernel<F: Float>(
     pixel_mask: &Tensor<F>,

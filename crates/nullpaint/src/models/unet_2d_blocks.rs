@@ -214,10 +214,8 @@ impl UpBlock {
     ) -> Tensor<4> {
         let with_skips = !skips.is_empty();
         for (j, resnet) in self.resnets.iter().enumerate() {
-            if with_skips {
-                if let Some(skip) = skips.pop() {
-                    x = Tensor::cat(vec![x, skip], 1);
-                }
+            if with_skips && let Some(skip) = skips.pop() {
+                x = Tensor::cat(vec![x, skip], 1);
             }
             x = resnet.forward(x, temb.cloned());
             if let (Some(attn), Some(ctx)) = (self.attentions.get(j), context) {
