@@ -88,38 +88,12 @@ fn clip_full_size_sd15_structure_matches_transformers_keys() {
             .unwrap();
     let config = ClipTextConfig::from_json("sd15 text_encoder", text.as_bytes()).unwrap();
     assert_eq!(config, ClipTextConfig::sd_v1_5());
-    let model = config.init(&device);
-    let keys: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(common::fixtures().join("configs/sd15/keys.json")).unwrap(),
-    )
-    .unwrap();
-    let want: Vec<(String, Vec<usize>)> = keys["text_encoder"]["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            let k = e[0].as_str().unwrap();
-            let k = k.strip_prefix("text_model.").unwrap_or(k).to_string();
-            (
-                k,
-                e[1].as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|d| d.as_u64().unwrap() as usize)
-                    .collect(),
-            )
-        })
-        .filter(|(k, _)| k != "embeddings.position_ids")
-        .collect();
-    let mut got = nullpaint::weights::torch_keys(&model);
-    let mut want_sorted = want.clone();
-    got.sort();
-    want_sorted.sort();
-    assert_eq!(got, want_sorted);
-    let params: usize = got.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
-    assert_eq!(
-        params as u64,
-        keys["text_encoder"]["parameters"].as_u64().unwrap()
+    let (want, want_params) = common::full_size_keys("sd15", "text_encoder");
+    let n = common::assert_same_keys(
+        nullpaint::weights::torch_keys(&config.init(&device)),
+        &want,
+        "sd15 text encoder",
     );
-    assert_eq!(params, 123_060_480);
+    assert_eq!(n, want_params);
+    assert_eq!(n, 123_060_480);
 }

@@ -61,39 +61,12 @@ fn unet_inpainting_9_channels_without_mid_block_matches_diffusers() {
 
 fn full_size(model: &str, params: Option<u64>) {
     let device = nullpaint::device::cpu();
-    let dir = common::fixtures().join("configs").join(model);
-    let unet = config(&dir.join("unet")).init(&device).unwrap();
-    let keys: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("keys.json")).unwrap()).unwrap();
-    let mut want: Vec<(String, Vec<usize>)> = keys["unet"]["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                e[0].as_str().unwrap().to_string(),
-                e[1].as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|d| d.as_u64().unwrap() as usize)
-                    .collect(),
-            )
-        })
-        .collect();
-    let mut got = torch_keys(&unet);
-    got.sort();
-    want.sort();
-    let missing: Vec<_> = want.iter().filter(|k| !got.contains(k)).collect();
-    let extra: Vec<_> = got.iter().filter(|k| !want.contains(k)).collect();
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "{model}: missing {missing:?}\nextra {extra:?}"
-    );
-    let n: u64 = got
-        .iter()
-        .map(|(_, s)| s.iter().product::<usize>() as u64)
-        .sum();
-    assert_eq!(n, keys["unet"]["parameters"].as_u64().unwrap());
+    let unet = config(&common::fixtures().join("configs").join(model).join("unet"))
+        .init(&device)
+        .unwrap();
+    let (want, want_params) = common::full_size_keys(model, "unet");
+    let n = common::assert_same_keys(torch_keys(&unet), &want, model);
+    assert_eq!(n, want_params);
     if let Some(p) = params {
         assert_eq!(n, p);
     }

@@ -63,33 +63,12 @@ fn vae_sd2_style_matches_diffusers() {
 fn vae_full_size_sd15_structure_matches_diffusers() {
     for model in ["sd15", "sd21"] {
         let device = nullpaint::device::cpu();
-        let dir = common::fixtures().join("configs").join(model);
-        let vae = config(&dir.join("vae")).init(&device).unwrap();
-        let keys: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("keys.json")).unwrap()).unwrap();
-        let mut want: Vec<(String, Vec<usize>)> = keys["vae"]["keys"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| {
-                (
-                    e[0].as_str().unwrap().to_string(),
-                    e[1].as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|d| d.as_u64().unwrap() as usize)
-                        .collect(),
-                )
-            })
-            .collect();
-        let mut got = torch_keys(&vae);
-        got.sort();
-        want.sort();
-        assert_eq!(got, want, "{model}");
-        let n: u64 = got
-            .iter()
-            .map(|(_, s)| s.iter().product::<usize>() as u64)
-            .sum();
+        let vae = config(&common::fixtures().join("configs").join(model).join("vae"))
+            .init(&device)
+            .unwrap();
+        let (want, want_params) = common::full_size_keys(model, "vae");
+        let n = common::assert_same_keys(torch_keys(&vae), &want, model);
+        assert_eq!(n, want_params);
         assert_eq!(n, 83_653_863, "{model}");
     }
 }

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{Scheduler, SchedulerError, StepCoefficients};
+use crate::models::ConfigError;
 
 /// What the UNet predicts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,11 +124,7 @@ fn linspace_f32(start: f64, end: f64, steps: usize) -> Vec<f32> {
 impl DdimScheduler {
     /// Parses a `scheduler_config.json` (of any scheduler class) for DDIM sampling.
     pub fn from_json(file: &str, bytes: &[u8]) -> Result<Self, SchedulerError> {
-        let config: DdimSchedulerConfig =
-            serde_json::from_slice(bytes).map_err(|e| SchedulerError::Parse {
-                file: file.into(),
-                message: e.to_string(),
-            })?;
+        let config: DdimSchedulerConfig = crate::models::parse_config(file, bytes)?;
         Self::new(config, file)
     }
 
@@ -140,11 +137,13 @@ impl DdimScheduler {
     }
 
     pub fn new(config: DdimSchedulerConfig, file: &str) -> Result<Self, SchedulerError> {
-        let err = |key: &str, value: String, hint: &str| SchedulerError::Unsupported {
-            file: file.into(),
-            key: key.into(),
-            value,
-            hint: hint.into(),
+        let err = |key: &str, value: String, hint: &str| {
+            SchedulerError::from(ConfigError::Unsupported {
+                file: file.into(),
+                key: key.into(),
+                value,
+                hint: hint.into(),
+            })
         };
         let n = config.num_train_timesteps;
         if n == 0 {

@@ -32,15 +32,8 @@ pub trait Scheduler {
 /// Errors of scheduler configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {
-    #[error("{file}: not a valid scheduler config ({message})")]
-    Parse { file: String, message: String },
-    #[error("{file}: unsupported {key} = {value}; {hint}")]
-    Unsupported {
-        file: String,
-        key: String,
-        value: String,
-        hint: String,
-    },
+    #[error(transparent)]
+    Config(#[from] crate::models::ConfigError),
     #[error(
         "steps = {steps} is out of range for this model's scheduler: choose between 1 and {max}"
     )]

@@ -90,3 +90,48 @@ pub fn max_abs_diff<const D: usize>(got: Tensor<D>, want: &(Vec<f32>, Vec<usize>
         })
         .fold(0.0, f32::max)
 }
+
+/// diffusers' / transformers' key list of a full-size component (`tests/fixtures/configs/
+/// {model}/keys.json`, exported by the generator): sorted `(key, shape)` pairs and the
+/// parameter count.
+pub fn full_size_keys(model: &str, component: &str) -> (Vec<(String, Vec<usize>)>, u64) {
+    let path = fixtures().join("configs").join(model).join("keys.json");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let entry = &json[component];
+    let mut keys: Vec<(String, Vec<usize>)> = entry["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let shape = e[1]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize)
+                .collect();
+            (e[0].as_str().unwrap().to_string(), shape)
+        })
+        .collect();
+    keys.sort();
+    (keys, entry["parameters"].as_u64().unwrap())
+}
+
+/// Asserts a module's PyTorch-named keys equal `want` (listing the differences), and returns
+/// its parameter count.
+pub fn assert_same_keys(
+    mut got: Vec<(String, Vec<usize>)>,
+    want: &[(String, Vec<usize>)],
+    what: &str,
+) -> u64 {
+    got.sort();
+    let missing: Vec<_> = want.iter().filter(|k| !got.contains(k)).collect();
+    let extra: Vec<_> = got.iter().filter(|k| !want.contains(k)).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{what}: missing {missing:?}\nextra {extra:?}"
+    );
+    got.iter()
+        .map(|(_, s)| s.iter().product::<usize>() as u64)
+        .sum()
+}
