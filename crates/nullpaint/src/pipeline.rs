@@ -237,6 +237,28 @@ pub struct StableDiffusion {
     device: Device,
 }
 
+/// Loads one component's weights into its structure; mismatches name the component.
+fn load_component<M: burn::module::Module>(
+    source: &dyn ModelSource,
+    component: &str,
+    module: M,
+    keys: &KeyMap,
+    device: &Device,
+) -> Result<M, PipelineError> {
+    load_module(module, &*source.weights(component)?, keys, device).map_err(|e| match e {
+        WeightError::Mismatch {
+            source_name,
+            problems,
+            ..
+        } => PipelineError::Weights(WeightError::Mismatch {
+            source_name,
+            model: Some(component.to_string()),
+            problems,
+        }),
+        other => PipelineError::Weights(other),
+    })
+}
+
 fn config_bytes(source: &dyn ModelSource, path: &str) -> Result<Vec<u8>, PipelineError> {
     source
         .read(path)?
@@ -249,18 +271,6 @@ impl StableDiffusion {
     pub fn load(source: &dyn ModelSource, device: &Device) -> Result<Self, PipelineError> {
         let name = source.describe();
         let file = |p: &str| format!("{name}/{p}");
-        let named = |e: WeightError, model: &str| match e {
-            WeightError::Mismatch {
-                source_name,
-                problems,
-                ..
-            } => WeightError::Mismatch {
-                source_name,
-                model: Some(model.to_string()),
-                problems,
-            },
-            other => other,
-        };
 
         // 1. tokenizer
         let tok_files: Vec<Option<Vec<u8>>> = [
@@ -304,27 +314,27 @@ impl StableDiffusion {
         Self::check_compatible(&te_config, &unet_config, &vae_config)?;
 
         // 3. weights
-        let text_encoder = load_module(
+        let text_encoder = load_component(
+            source,
+            "text_encoder",
             te_config.init(device),
-            &*source.weights("text_encoder")?,
             &ClipTextModel::key_map(),
             device,
-        )
-        .map_err(|e| named(e, "text_encoder"))?;
-        let unet = load_module(
+        )?;
+        let unet = load_component(
+            source,
+            "unet",
             unet_config.init(device)?,
-            &*source.weights("unet")?,
             &KeyMap::default(),
             device,
-        )
-        .map_err(|e| named(e, "unet"))?;
-        let vae = load_module(
+        )?;
+        let vae = load_component(
+            source,
+            "vae",
             vae_config.init(device)?,
-            &*source.weights("vae")?,
             &KeyMap::default(),
             device,
-        )
-        .map_err(|e| named(e, "vae"))?;
+        )?;
 
         let vae_factor = vae_config.downscale_factor();
         Ok(Self {

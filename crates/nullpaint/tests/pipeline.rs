@@ -106,14 +106,14 @@ fn pipeline_matches_python_spec_reference() {
     }
 }
 
+fn tiny_sd1_on_cpu() -> StableDiffusion {
+    let source = FolderSource::new(common::fixtures().join("tiny-sd1")).unwrap();
+    StableDiffusion::load(&source, &nullpaint::device::cpu()).unwrap()
+}
+
 #[test]
 fn pipeline_empty_mask_returns_input_and_cancel_stops() {
-    let device = nullpaint::device::cpu();
-    let sd = StableDiffusion::load(
-        &FolderSource::new(common::fixtures().join("tiny-sd1")).unwrap(),
-        &device,
-    )
-    .unwrap();
+    let sd = tiny_sd1_on_cpu();
     let image = RgbImage {
         width: 20,
         height: 12,
@@ -157,12 +157,7 @@ fn pipeline_empty_mask_returns_input_and_cancel_stops() {
 
 #[test]
 fn pipeline_rejects_bad_inputs_with_clear_errors() {
-    let device = nullpaint::device::cpu();
-    let sd = StableDiffusion::load(
-        &FolderSource::new(common::fixtures().join("tiny-sd1")).unwrap(),
-        &device,
-    )
-    .unwrap();
+    let sd = tiny_sd1_on_cpu();
     let image = RgbImage {
         width: 16,
         height: 16,
