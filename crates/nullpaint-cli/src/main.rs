@@ -37,7 +37,7 @@ enum Command {
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
 enum Backend {
-    /// wgpu when a GPU adapter exists, else the CPU (with a warning)
+    /// wgpu when a GPU adapter exists, else the CPU (with a warning; a software adapter counts as none)
     Auto,
     /// wgpu: Vulkan, Metal or DX12
     Wgpu,

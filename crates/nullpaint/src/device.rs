@@ -9,7 +9,7 @@ use burn::tensor::Device;
 /// What the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BackendChoice {
-    /// wgpu when an adapter exists, else the CPU (with a warning).
+    /// wgpu when a hardware adapter exists, else the CPU (with a warning).
     #[default]
     Auto,
     Wgpu,
@@ -104,6 +104,14 @@ pub fn select(choice: BackendChoice) -> Result<(Device, String), DeviceError> {
         BackendChoice::Cpu => Ok((cpu(), "cpu (flex)".into())),
         BackendChoice::Wgpu => wgpu().map(|(d, info)| (d, format!("wgpu: {info}"))),
         BackendChoice::Auto => match wgpu() {
+            // A software rasteriser (lavapipe, SwiftShader, WARP) is slower than the native CPU
+            // backend; `--backend wgpu` still selects it explicitly.
+            Ok((_, info)) if info.device_type == "Cpu" => {
+                tracing::warn!(
+                    "the only wgpu adapter is a software one ({info}); running on the CPU backend instead"
+                );
+                Ok((cpu(), "cpu (flex)".into()))
+            }
             Ok((d, info)) => Ok((d, format!("wgpu: {info}"))),
             Err(e) => {
                 tracing::warn!("{e}; running on the CPU, which is much slower");
