@@ -213,3 +213,32 @@ fn pipeline_rejects_bad_inputs_with_clear_errors() {
         .to_string();
     assert!(err.contains("not a diffusers"), "{err}");
 }
+
+#[test]
+fn pipeline_rejects_parts_that_do_not_fit_together() {
+    // tiny-sd1 with tiny-sd2's text encoder: hidden size 16 against cross_attention_dim 32.
+    let dir = std::env::temp_dir().join(format!("nullpaint-mixed-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for part in ["unet", "vae", "tokenizer", "scheduler", "text_encoder"] {
+        let from = common::fixtures()
+            .join(if part == "text_encoder" {
+                "tiny-sd2"
+            } else {
+                "tiny-sd1"
+            })
+            .join(part);
+        std::fs::create_dir_all(dir.join(part)).unwrap();
+        for entry in std::fs::read_dir(&from).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.join(part).join(entry.file_name())).unwrap();
+        }
+    }
+    let err = StableDiffusion::load(&FolderSource::new(&dir).unwrap(), &nullpaint::device::cpu())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("hidden_size is 16") && err.contains("cross_attention_dim"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
