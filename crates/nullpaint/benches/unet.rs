@@ -56,10 +56,7 @@ fn main() {
     );
     let t0 = Instant::now();
     let unet = config.init(&device).unwrap();
-    let cross = match &config.cross_attention_dim {
-        nullpaint::models::unet_2d::PerBlock::One(c) => *c,
-        nullpaint::models::unet_2d::PerBlock::Many(v) => v[0],
-    };
+    let cross = config.cross_attention_dim.values()[0];
     let x = Tensor::<4>::random(
         [batch, config.in_channels, latent, latent],
         Distribution::Normal(0.0, 1.0),

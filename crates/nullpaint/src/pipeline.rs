@@ -12,7 +12,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use crate::kernel::{self, StepParams};
 use crate::models::ConfigError;
 use crate::models::clip::{ClipTextConfig, ClipTextModel};
-use crate::models::unet_2d::{PerBlock, UNet2DConditionConfig, UNet2DConditionModel};
+use crate::models::unet_2d::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::models::vae::{AutoencoderKL, AutoencoderKLConfig};
 use crate::schedulers::{DdimScheduler, Scheduler, SchedulerError};
 use crate::tokenizer::{ClipTokenizer, TokenizerError, TokenizerFiles};
@@ -355,11 +355,12 @@ impl StableDiffusion {
         unet: &UNet2DConditionConfig,
         vae: &AutoencoderKLConfig,
     ) -> Result<(), PipelineError> {
-        let cross = match &unet.cross_attention_dim {
-            PerBlock::One(c) => vec![*c],
-            PerBlock::Many(v) => v.clone(),
-        };
-        if cross.iter().any(|c| *c != te.hidden_size) {
+        if unet
+            .cross_attention_dim
+            .values()
+            .iter()
+            .any(|c| *c != te.hidden_size)
+        {
             return Err(PipelineError::Incompatible(format!(
                 "the text encoder's hidden_size is {} but the UNet's cross_attention_dim is {:?}",
                 te.hidden_size, unet.cross_attention_dim
@@ -396,6 +397,16 @@ impl StableDiffusion {
         mask: &MaskImage,
         options: &InpaintOptions,
     ) -> Result<(), PipelineError> {
+        self.checked_scheduler(image, mask, options).map(drop)
+    }
+
+    /// [`Self::validate`]'s checks; returns the scheduler set up for `options.steps`.
+    fn checked_scheduler(
+        &self,
+        image: &RgbImage,
+        mask: &MaskImage,
+        options: &InpaintOptions,
+    ) -> Result<DdimScheduler, PipelineError> {
         let invalid = |what, message: String| Err(PipelineError::InvalidInput { what, message });
         if image.width == 0
             || image.height == 0
@@ -431,13 +442,6 @@ impl StableDiffusion {
                 ),
             );
         }
-        let max_steps = self.scheduler.config().num_train_timesteps;
-        if options.steps == 0 || options.steps > max_steps {
-            return invalid(
-                "steps",
-                format!("{} (choose between 1 and {max_steps})", options.steps),
-            );
-        }
         if !options.guidance_scale.is_finite() {
             return invalid(
                 "guidance scale",
@@ -453,9 +457,10 @@ impl StableDiffusion {
                 ),
             );
         }
-        let mut probe = self.scheduler.clone();
-        probe.set_timesteps(options.steps)?;
-        Ok(())
+        // The scheduler owns the range of valid step counts.
+        let mut scheduler = self.scheduler.clone();
+        scheduler.set_timesteps(options.steps)?;
+        Ok(scheduler)
     }
 
     /// Inpaints the hole of `mask` (luminance >= 128) in `image`. An empty hole returns the
@@ -467,7 +472,7 @@ impl StableDiffusion {
         options: &InpaintOptions,
         progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
     ) -> Result<RgbImage, PipelineError> {
-        self.validate(image, mask, options)?;
+        let scheduler = self.checked_scheduler(image, mask, options)?;
         let (w, h) = (image.width, image.height);
         if !(0..w * h).any(|i| mask.is_hole(i)) {
             return Ok(image.clone());
@@ -524,8 +529,6 @@ impl StableDiffusion {
 
         // 3. DDIM with the projection at every step
         report(Progress::Stage(Stage::Denoising), progress)?;
-        let mut scheduler = self.scheduler.clone();
-        scheduler.set_timesteps(options.steps)?;
         let (lh, lw) = (hp / self.vae_factor, wp / self.vae_factor);
         let shape = [1, self.latent_channels, lh, lw];
         let mut z = Tensor::<4>::from_data(

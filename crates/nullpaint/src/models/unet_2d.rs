@@ -29,6 +29,14 @@ pub enum PerBlock<T> {
 }
 
 impl<T: Clone + std::fmt::Debug> PerBlock<T> {
+    /// The values as given: one, or one per block.
+    pub fn values(&self) -> Vec<T> {
+        match self {
+            Self::One(v) => vec![v.clone()],
+            Self::Many(v) => v.clone(),
+        }
+    }
+
     /// One value per block; a list must have exactly `n` entries.
     pub fn expand(&self, n: usize, key: &str, file: &str) -> Result<Vec<T>, ConfigError> {
         match self {
