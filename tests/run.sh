@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine: installs what it needs, then runs
-# formatting, lints, the wasm32 check and every test, with the wgpu tests on Mesa's software
-# Vulkan adapter (lavapipe). This is the README's test command and what CI runs (.ci/run).
+# formatting, lints, the browser build and every test: the model tests on the CPU backend and
+# on wgpu over Mesa's software Vulkan adapter (lavapipe), then the page end to end in Debian's
+# headless Chromium on WebGPU (SwiftShader). This is the README's test command and what CI
+# runs (.ci/run).
 #
 # Build cache: CARGO_TARGET_DIR defaults to ~/.cache/nullpaint/target (outside the clone), so
 # repeated runs on one machine are incremental. A cold build of burn takes ~15-25 min on 2 cores.
@@ -11,8 +13,13 @@ cd "$(dirname "$0")/.."
 step() { printf '\n==> %s (%s)\n' "$1" "$(date +%T)"; }
 SECONDS=0
 
-# 1. System packages: Vulkan loader + lavapipe.
+# 1. System packages: Vulkan loader + lavapipe; Chromium, Node.js and binaryen (wasm-opt) for
+#    the browser build and test.
 need=()
+command -v chromium >/dev/null || need+=(chromium)
+command -v wasm-opt >/dev/null || need+=(binaryen)
+command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || need+=(npm)
 [ -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] || [ -e /usr/share/vulkan/icd.d/lvp_icd.aarch64.json ] || need+=(mesa-vulkan-drivers)
 ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1' || need+=(libvulkan1)
 if [ ${#need[@]} -gt 0 ]; then
@@ -35,9 +42,10 @@ mkdir -p "$CARGO_TARGET_DIR"
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-# 3. The core library must stay buildable for the browser.
-step "cargo check --target wasm32-unknown-unknown -p nullpaint"
-cargo check --locked --target wasm32-unknown-unknown -p nullpaint
+# 3. The browser module (settings from wasm-pack.toml; installs wasm-bindgen-cli from crates.io
+#    at Cargo.lock's version when missing).
+step "browser build: python3 web/build.py"
+python3 web/build.py
 
 step "cargo clippy -D warnings"
 cargo clippy --locked --workspace --all-targets -- -D warnings
@@ -53,4 +61,10 @@ fi
 # lavapipe only: never pick up a real GPU's ICD half-installed on a CI image.
 export VK_ICD_FILENAMES="${VK_ICD_FILENAMES:-$(ls /usr/share/vulkan/icd.d/lvp_icd.*.json 2>/dev/null | head -1)}"
 cargo test --locked --workspace -- --test-threads=1 --nocapture
+
+# 5. The page in headless Chromium (playwright-core from npm drives the system's Chromium; no
+#    browser is ever downloaded).
+step "browser end-to-end test (Chromium $(chromium --version 2>/dev/null | grep -o '[0-9.]*' | head -1), node $(node --version))"
+(cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+NULLPAINT_CLI="$CARGO_TARGET_DIR/debug/nullpaint" node tests/browser/e2e.mjs
 step "all tests passed in ${SECONDS}s"

@@ -25,6 +25,11 @@ pub struct AdapterInfo {
     /// DiscreteGpu, IntegratedGpu, Cpu (software rasterisers such as lavapipe), ...
     pub device_type: String,
     pub driver: String,
+    /// Whether the device can run f16 arithmetic in shaders (`shader-f16`).
+    pub shader_f16: bool,
+    /// The device's limits (CubeCL requests the adapter's own).
+    pub max_buffer_size: u64,
+    pub max_storage_buffer_binding_size: u64,
 }
 
 impl std::fmt::Display for AdapterInfo {
@@ -87,7 +92,14 @@ pub async fn wgpu_async() -> Result<(Device, AdapterInfo), DeviceError> {
 
 fn adapter_info(setup: &burn::tensor::wgpu::WgpuSetup) -> AdapterInfo {
     let info = setup.adapter.get_info();
+    let limits = setup.device.limits();
     AdapterInfo {
+        shader_f16: setup
+            .device
+            .features()
+            .contains(burn::tensor::wgpu::wgpu::Features::SHADER_F16),
+        max_buffer_size: limits.max_buffer_size,
+        max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size as u64,
         name: info.name,
         backend: format!("{:?}", info.backend),
         device_type: format!("{:?}", info.device_type),

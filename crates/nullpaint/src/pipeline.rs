@@ -115,6 +115,8 @@ pub enum PipelineError {
     Incompatible(String),
     #[error("invalid {what}: {message}")]
     InvalidInput { what: &'static str, message: String },
+    #[error("the device failed: {0}")]
+    Device(String),
     #[error("cancelled")]
     Cancelled,
 }
@@ -464,8 +466,23 @@ impl StableDiffusion {
     }
 
     /// Inpaints the hole of `mask` (luminance >= 128) in `image`. An empty hole returns the
-    /// image unchanged without running the model.
+    /// image unchanged without running the model. Blocks until done (native); the browser
+    /// awaits [`Self::inpaint_async`], the same loop.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn inpaint(
+        &self,
+        image: &RgbImage,
+        mask: &MaskImage,
+        options: &InpaintOptions,
+        progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
+    ) -> Result<RgbImage, PipelineError> {
+        pollster::block_on(self.inpaint_async(image, mask, options, progress))
+    }
+
+    /// [`Self::inpaint`] as a future: every read-back from the device is awaited, and each
+    /// step waits for the device before reporting progress, so a browser event loop stays
+    /// live (cancel messages, previews) and the queue never runs ahead of the loop.
+    pub async fn inpaint_async(
         &self,
         image: &RgbImage,
         mask: &MaskImage,
@@ -554,7 +571,13 @@ impl StableDiffusion {
             );
             let (z_prev, z0_hat) = kernel::ddnm_step(z, out, z_y.clone(), m_l.clone(), &params);
             z = z_prev;
-            let preview = options.preview.then(|| latent_preview(z0_hat));
+            // Wait for the step: read the preview, or one value of the new latent.
+            let preview = if options.preview {
+                Some(latent_preview(z0_hat).await?)
+            } else {
+                read_f32(z.clone().slice([0..1, 0..1, 0..1, 0..1]), "the latent").await?;
+                None
+            };
             report(
                 Progress::Step {
                     step: i + 1,
@@ -569,11 +592,7 @@ impl StableDiffusion {
         // 4. decode, to bytes, crop, paste back
         report(Progress::Stage(Stage::Decoding), progress)?;
         let decoded = self.vae.decode(z / sf).clamp(-1.0, 1.0); // [1, 3, hp, wp]
-        let values = decoded
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .map_err(|e| PipelineError::Source(format!("reading the decoded image back: {e:?}")))?;
+        let values = read_f32(decoded, "the decoded image").await?;
         let mut out = image.clone();
         for yy in 0..h {
             for xx in 0..w {
@@ -593,21 +612,36 @@ impl StableDiffusion {
     }
 }
 
+/// Reads a tensor back from its device as f32 values.
+async fn read_f32<const D: usize>(
+    tensor: Tensor<D>,
+    what: &str,
+) -> Result<Vec<f32>, PipelineError> {
+    tensor
+        .into_data_async()
+        .await
+        .map_err(|e| PipelineError::Device(format!("reading {what} back: {e:?}")))?
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| PipelineError::Device(format!("reading {what} back: {e:?}")))
+}
+
 /// Cheap RGB preview of a latent at latent resolution: a fixed linear map from the 4 SD latent
 /// channels to RGB (the usual approximation of the SD 1.x / 2.x VAE), no decoder run.
-pub fn latent_preview(latent: Tensor<4>) -> RgbImage {
+pub async fn latent_preview(latent: Tensor<4>) -> Result<RgbImage, PipelineError> {
+    let [_, c, h, w] = latent.dims();
+    let values = read_f32(latent, "the preview").await?;
+    Ok(latent_to_rgb(&values, c, h, w))
+}
+
+/// [`latent_preview`] on values already read back (`[c, h, w]`, batch 0).
+pub fn latent_to_rgb(values: &[f32], c: usize, h: usize, w: usize) -> RgbImage {
     const FACTORS: [[f32; 3]; 4] = [
         [0.298, 0.207, 0.208],
         [0.187, 0.286, 0.173],
         [-0.158, 0.189, 0.264],
         [-0.184, -0.271, -0.473],
     ];
-    let [_, c, h, w] = latent.dims();
-    let values = latent
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .unwrap_or_default();
     let mut data = vec![0u8; h * w * 3];
     if values.len() < c * h * w {
         return RgbImage {

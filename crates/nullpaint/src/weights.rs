@@ -221,6 +221,150 @@ impl<B: AsRef<[u8]>> TensorSource for SafetensorsBuffer<B> {
     }
 }
 
+/// Random access to the bytes of one file that is not in memory: a browser `Blob` stored in
+/// IndexedDB, a file on disk.
+pub trait ByteRange {
+    /// The file's size in bytes.
+    fn size(&self) -> u64;
+    /// `len` bytes from `offset` (the caller stays within [`Self::size`]).
+    fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, String>;
+}
+
+/// A safetensors file read tensor by tensor through a [`ByteRange`]: only the header stays in
+/// memory, each tensor's bytes are read when the loader asks for it (the browser streams a
+/// 2 GB UNet this way without ever holding it in wasm memory).
+pub struct SafetensorsReader<R: ByteRange> {
+    name: String,
+    reader: R,
+    data_start: u64,
+    index: BTreeMap<String, (StDtype, Vec<usize>, usize, usize)>,
+}
+
+impl<R: ByteRange> fmt::Debug for SafetensorsReader<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SafetensorsReader")
+            .field("name", &self.name)
+            .field("tensors", &self.index.len())
+            .finish()
+    }
+}
+
+/// Safetensors headers are at most 100 MB (the format's own limit).
+const MAX_HEADER: u64 = 100_000_000;
+
+impl<R: ByteRange> SafetensorsReader<R> {
+    /// Reads and checks the header: every tensor must lie inside the file and have the size
+    /// its dtype and shape imply.
+    pub fn new(name: impl Into<String>, reader: R) -> Result<Self, WeightError> {
+        let name = name.into();
+        let bad = |message: String| WeightError::Format {
+            source_name: name.clone(),
+            message: format!(
+                "not a valid safetensors file ({message}); delete it and download it again"
+            ),
+        };
+        let size = reader.size();
+        if size < 8 {
+            return Err(bad(format!("{size} bytes, shorter than a header")));
+        }
+        let len_bytes = reader.read(0, 8).map_err(&bad)?;
+        let header_len = u64::from_le_bytes(
+            len_bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| bad("short read of the header length".into()))?,
+        );
+        if header_len > MAX_HEADER || 8 + header_len > size {
+            return Err(bad(format!(
+                "header length {header_len} for a file of {size} bytes"
+            )));
+        }
+        let header = reader.read(8, header_len as usize).map_err(&bad)?;
+        let entries: BTreeMap<String, serde_json::Value> =
+            serde_json::from_slice(&header).map_err(|e| bad(format!("header: {e}")))?;
+        let data_start = 8 + header_len;
+        let mut index = BTreeMap::new();
+        let mut end_of_data = 0usize;
+        for (key, value) in entries {
+            if key == "__metadata__" {
+                continue;
+            }
+            let info: safetensors::tensor::TensorInfo =
+                serde_json::from_value(value).map_err(|e| bad(format!("tensor {key}: {e}")))?;
+            let (start, end) = info.data_offsets;
+            let numel: usize = info.shape.iter().product();
+            let expected = (numel * info.dtype.bitsize()).div_ceil(8);
+            if end < start || end - start != expected {
+                return Err(bad(format!(
+                    "tensor {key} has {} bytes for shape {:?} in {:?}",
+                    end.saturating_sub(start),
+                    info.shape,
+                    info.dtype
+                )));
+            }
+            end_of_data = end_of_data.max(end);
+            index.insert(key, (info.dtype, info.shape, start, end));
+        }
+        if data_start + end_of_data as u64 > size {
+            return Err(bad(format!(
+                "the header describes {} bytes but the file has {size} (truncated download?)",
+                data_start + end_of_data as u64
+            )));
+        }
+        Ok(Self {
+            name,
+            reader,
+            data_start,
+            index,
+        })
+    }
+}
+
+impl<R: ByteRange> SafetensorsReader<R> {
+    /// The byte source.
+    pub fn get_ref(&self) -> &R {
+        &self.reader
+    }
+}
+
+impl<R: ByteRange> TensorSource for SafetensorsReader<R> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn keys(&self) -> Vec<String> {
+        self.index.keys().cloned().collect()
+    }
+
+    fn tensor(&self, key: &str) -> Result<Option<RawTensor<'_>>, WeightError> {
+        let Some((dtype, shape, start, end)) = self.index.get(key) else {
+            return Ok(None);
+        };
+        let data = self
+            .reader
+            .read(self.data_start + *start as u64, end - start)
+            .map_err(|message| WeightError::Format {
+                source_name: self.name.clone(),
+                message: format!("reading tensor {key}: {message}"),
+            })?;
+        if data.len() != end - start {
+            return Err(WeightError::Format {
+                source_name: self.name.clone(),
+                message: format!(
+                    "reading tensor {key}: got {} of {} bytes",
+                    data.len(),
+                    end - start
+                ),
+            });
+        }
+        Ok(Some(RawTensor {
+            dtype: StoredDType::from_safetensors(*dtype),
+            shape: shape.clone(),
+            data: Cow::Owned(data),
+        }))
+    }
+}
+
 /// A safetensors file, memory-mapped (native only).
 #[cfg(not(target_arch = "wasm32"))]
 pub type SafetensorsFile = SafetensorsBuffer<memmap2::Mmap>;

@@ -216,3 +216,100 @@ fn weights_wrong_dtype_and_truncated_file_are_errors() {
     };
     assert!(msg.contains("half.safetensors"), "{msg}");
 }
+
+/// Bytes behind [`ByteRange`], counting reads (the browser's `Blob` stands in here).
+struct CountingBytes {
+    bytes: Vec<u8>,
+    reads: std::cell::Cell<usize>,
+    largest: std::cell::Cell<usize>,
+}
+
+impl nullpaint::weights::ByteRange for CountingBytes {
+    fn size(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+    fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, String> {
+        self.reads.set(self.reads.get() + 1);
+        self.largest.set(self.largest.get().max(len));
+        let start = offset as usize;
+        self.bytes
+            .get(start..start + len)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| format!("{len} bytes at {offset} are past the end"))
+    }
+}
+
+fn counting(bytes: Vec<u8>) -> CountingBytes {
+    CountingBytes {
+        bytes,
+        reads: 0.into(),
+        largest: 0.into(),
+    }
+}
+
+#[test]
+fn weights_range_reader_streams_tensor_by_tensor_and_matches_the_mapped_file() {
+    use nullpaint::weights::SafetensorsReader;
+    for model in ["sd1", "sd2"] {
+        let path = weights_path(model);
+        let file = SafetensorsFile::open(&path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let size = bytes.len();
+        let reader = SafetensorsReader::new("blob", counting(bytes)).unwrap();
+        assert_eq!(file.keys(), reader.keys());
+        // Only the header was read so far: its length, then the JSON.
+        assert_eq!(reader.get_ref().reads.get(), 2);
+        let device = nullpaint::device::cpu();
+        let keys = ClipTextModel::key_map();
+        let a = load_module(config(model).init(&device), &file, &keys, &device).unwrap();
+        let b = load_module(config(model).init(&device), &reader, &keys, &device).unwrap();
+        // One read per tensor the model has (position_ids is ignored), none larger than the
+        // largest tensor: the file is never read whole.
+        let n_params = nullpaint::weights::torch_keys(&b).len();
+        assert_eq!(reader.get_ref().reads.get(), 2 + n_params);
+        let largest_tensor = file
+            .keys()
+            .iter()
+            .map(|k| file.tensor(k).unwrap().unwrap().data.len())
+            .max()
+            .unwrap();
+        assert_eq!(reader.get_ref().largest.get(), largest_tensor);
+        assert!(largest_tensor < size);
+        let ids = burn::tensor::Tensor::<2, burn::tensor::Int>::from_data(
+            burn::tensor::TensorData::new(vec![49406i32, 320, 1125, 49407], [1, 4]),
+            &device,
+        );
+        let (ya, yb) = (a.forward(ids.clone()), b.forward(ids));
+        ya.into_data().assert_eq(&yb.into_data(), true);
+        for key in file.keys() {
+            let (x, y) = (
+                file.tensor(&key).unwrap().unwrap(),
+                reader.tensor(&key).unwrap().unwrap(),
+            );
+            assert_eq!(x.dtype, y.dtype, "{key}");
+            assert_eq!(x.shape, y.shape, "{key}");
+            assert_eq!(x.data.as_ref(), y.data.as_ref(), "{key}");
+        }
+    }
+}
+
+#[test]
+fn weights_range_reader_rejects_truncated_and_garbage_files() {
+    use nullpaint::weights::SafetensorsReader;
+    let bytes = std::fs::read(weights_path("sd1")).unwrap();
+    let message = |b: Vec<u8>| {
+        SafetensorsReader::new("text_encoder/model.safetensors", counting(b))
+            .unwrap_err()
+            .to_string()
+    };
+    let truncated = message(bytes[..bytes.len() - 10].to_vec());
+    assert!(truncated.contains("text_encoder/model.safetensors"), "{truncated}");
+    assert!(truncated.contains("truncated"), "{truncated}");
+    let garbage = message(b"<html>not found</html>".to_vec());
+    assert!(garbage.contains("header length"), "{garbage}");
+    let tiny = message(vec![1, 2, 3]);
+    assert!(tiny.contains("3 bytes"), "{tiny}");
+    let mut bad_json = bytes.clone();
+    bad_json[8] = b'[';
+    assert!(message(bad_json).contains("header"));
+}

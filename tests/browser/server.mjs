@@ -1,0 +1,126 @@
+// A static server for www/ plus a stand-in for the Hugging Face Hub's two endpoints the page
+// uses: the file list (`/api/models/<repo>/revision/<rev>?blobs=true`, with sizes, git blob
+// ids and LFS SHA-256) and file downloads with HTTP Range (`/<repo>/resolve/<commit>/<path>`).
+// Every hub request is logged so the test can assert what was fetched.
+//
+//   node server.mjs [port]   # serves www/ and the tiny fixtures, for trying the page by hand
+
+import { createHash } from "node:crypto";
+import { createServer } from "node:http";
+import { readFileSync, statSync, readdirSync, existsSync } from "node:fs";
+import { join, extname, resolve, dirname, relative } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
+const TYPES = {
+  ".html": "text/html; charset=utf-8", ".js": "text/javascript", ".mjs": "text/javascript",
+  ".css": "text/css", ".wasm": "application/wasm", ".json": "application/json",
+  ".png": "image/png", ".txt": "text/plain",
+};
+const COMMIT = "0123456789abcdef0123456789abcdef01234567";
+
+function listFiles(dir) {
+  const out = [];
+  for (const name of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, name.name);
+    if (name.isDirectory()) out.push(...listFiles(p));
+    else out.push(p);
+  }
+  return out;
+}
+
+// repos: { "owner/name": folder }. Returns { server, log, faults, url() }.
+export async function startServer({ repos, port = 0 }) {
+  const log = [];
+  // faults: [{ path, afterBytes }] cut the connection once, after sending afterBytes.
+  const faults = [];
+  const server = createServer((req, res) => {
+    try {
+      handle(req, res);
+    } catch (e) {
+      res.writeHead(500).end(String(e));
+    }
+  });
+
+  function handle(req, res) {
+    const url = new URL(req.url, "http://localhost");
+    const path = decodeURIComponent(url.pathname);
+    if (path.startsWith("/hub/")) return hub(req, res, url, path.slice(4));
+    let file = resolve(ROOT, "www", "." + (path === "/" ? "/index.html" : path));
+    if (!file.startsWith(resolve(ROOT, "www")) || !existsSync(file) || statSync(file).isDirectory()) {
+      res.writeHead(404).end("not found");
+      return;
+    }
+    res.writeHead(200, { "Content-Type": TYPES[extname(file)] || "application/octet-stream", "Cache-Control": "no-store" });
+    res.end(readFileSync(file));
+  }
+
+  function hub(req, res, url, path) {
+    let m = path.match(/^\/api\/models\/([^/]+\/[^/]+)\/revision\/([^/]+)$/);
+    if (m) {
+      log.push({ kind: "info", repo: m[1] });
+      const folder = repos[m[1]];
+      if (!folder) return res.writeHead(404, { "Content-Type": "application/json" }).end('{"error":"Repository not found"}');
+      const siblings = listFiles(folder).map((f) => {
+        const bytes = readFileSync(f);
+        const rfilename = relative(folder, f).split("\\").join("/");
+        const s = { rfilename, size: bytes.length };
+        if (f.endsWith(".safetensors")) {
+          s.lfs = { sha256: createHash("sha256").update(bytes).digest("hex"), size: bytes.length, pointerSize: 134 };
+        } else {
+          s.blobId = createHash("sha1").update(`blob ${bytes.length}\0`).update(bytes).digest("hex");
+        }
+        return s;
+      });
+      res.writeHead(200, { "Content-Type": "application/json" });
+      res.end(JSON.stringify({ id: m[1], sha: COMMIT, siblings }));
+      return;
+    }
+    m = path.match(/^\/([^/]+\/[^/]+)\/resolve\/([^/]+)\/(.+)$/);
+    if (!m || !repos[m[1]]) return res.writeHead(404).end("Entry not found");
+    const file = resolve(repos[m[1]], m[3]);
+    if (!file.startsWith(resolve(repos[m[1]])) || !existsSync(file)) return res.writeHead(404).end("Entry not found");
+    const bytes = readFileSync(file);
+    const range = req.headers.range;
+    log.push({ kind: "file", path: m[3], range: range || null });
+    let start = 0;
+    let end = bytes.length - 1;
+    let status = 200;
+    if (range) {
+      const r = range.match(/^bytes=(\d+)-(\d*)$/);
+      if (!r) return res.writeHead(416).end();
+      start = Number(r[1]);
+      end = r[2] ? Math.min(Number(r[2]), bytes.length - 1) : bytes.length - 1;
+      status = 206;
+    }
+    const body = bytes.subarray(start, end + 1);
+    const headers = { "Content-Type": "application/octet-stream", "Content-Length": body.length, "Accept-Ranges": "bytes" };
+    if (status === 206) headers["Content-Range"] = `bytes ${start}-${end}/${bytes.length}`;
+    const fault = faults.findIndex((f) => f.path === m[3]);
+    if (fault >= 0) {
+      const { afterBytes } = faults.splice(fault, 1)[0];
+      res.writeHead(status, headers);
+      res.write(body.subarray(0, afterBytes));
+      setTimeout(() => res.destroy(), 50); // the connection drops mid-body
+      return;
+    }
+    res.writeHead(status, headers);
+    res.end(body);
+  }
+
+  await new Promise((ok) => server.listen(port, "127.0.0.1", ok));
+  return {
+    server, log, faults,
+    url: () => `http://127.0.0.1:${server.address().port}`,
+    close: () => new Promise((ok) => { server.closeAllConnections(); server.close(ok); }),
+  };
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  const fixtures = join(ROOT, "tests/fixtures");
+  const s = await startServer({
+    repos: { "test/tiny-sd1": join(fixtures, "tiny-sd1"), "test/tiny-sd2": join(fixtures, "tiny-sd2") },
+    port: Number(process.argv[2] || 8080),
+  });
+  console.log(`serving www/ on ${s.url()}/ ; hub address ${s.url()}/hub, repositories test/tiny-sd1, test/tiny-sd2`);
+}

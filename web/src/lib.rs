@@ -1,0 +1,347 @@
+//! nullpaint in the browser: a wasm-bindgen face on the library's pipeline (the same
+//! `StableDiffusion::load` and `inpaint_async` the CLI runs; no second copy of the loop).
+//!
+//! Runs inside a Web Worker (`www/worker.js`): WebGPU device creation is async, model files
+//! are `Blob`s from IndexedDB read synchronously with `FileReaderSync`, and the denoising loop
+//! awaits the device after every step so the worker still hears "cancel".
+//!
+//! After candle's `candle-wasm-examples` (a thin bindgen layer over the library) and the
+//! wgpu/WebGPU set-up of Burn's `examples/image-classification-web`.
+
+mod source;
+
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::rc::Rc;
+
+use burn::tensor::Device;
+use nullpaint::device::AdapterInfo;
+use nullpaint::pipeline::{InpaintOptions, MaskImage, Progress, RgbImage, Stage, StableDiffusion};
+use serde::Deserialize;
+use wasm_bindgen::JsCast;
+use wasm_bindgen::prelude::*;
+
+use source::{BlobSource, js_error};
+
+/// Runs once when the module is instantiated: panics go to the console and to the page
+/// (`self.nullpaintPanic(message)` when the worker defines it), since a panic ends the instance.
+#[wasm_bindgen(start)]
+pub fn start() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = format!("nullpaint crashed: {info}");
+        web_sys::console::error_1(&message.clone().into());
+        let global = js_sys::global();
+        if let Ok(f) = js_sys::Reflect::get(&global, &"nullpaintPanic".into())
+            && let Some(f) = f.dyn_ref::<js_sys::Function>()
+        {
+            let _ = f.call1(&JsValue::NULL, &message.into());
+        }
+    }));
+}
+
+/// Bytes of wasm linear memory. It only grows, so after a load this is the heap's peak.
+#[wasm_bindgen(js_name = heapBytes)]
+pub fn heap_bytes() -> f64 {
+    wasm_bindgen::memory()
+        .dyn_into::<js_sys::WebAssembly::Memory>()
+        .ok()
+        .and_then(|m| m.buffer().dyn_into::<js_sys::ArrayBuffer>().ok())
+        .map_or(0.0, |b| b.byte_length() as f64)
+}
+
+/// The inpainting engine on one WebGPU device.
+#[wasm_bindgen]
+pub struct Engine {
+    device: Device,
+    adapter: AdapterInfo,
+    model: Option<Rc<StableDiffusion>>,
+}
+
+/// Options as the page sends them (camelCase); absent fields take the library's defaults.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct JsOptions {
+    prompt: String,
+    #[serde(default)]
+    negative_prompt: String,
+    steps: Option<usize>,
+    guidance_scale: Option<f32>,
+    /// A number or a decimal string (seeds above 2^53 do not fit a JS number).
+    seed: Option<serde_json::Value>,
+    dilation: Option<usize>,
+    paste_back: Option<bool>,
+    preview: Option<bool>,
+}
+
+impl JsOptions {
+    fn into_options(self) -> Result<InpaintOptions, String> {
+        let defaults = InpaintOptions::default();
+        let seed = match self.seed {
+            None => defaults.seed,
+            Some(serde_json::Value::Number(n)) => n
+                .as_u64()
+                .ok_or_else(|| format!("seed {n} is not a whole number from 0 to 2^64-1"))?,
+            Some(serde_json::Value::String(s)) => s
+                .trim()
+                .parse()
+                .map_err(|_| format!("seed {s:?} is not a whole number from 0 to 2^64-1"))?,
+            Some(other) => return Err(format!("seed {other} is not a number")),
+        };
+        Ok(InpaintOptions {
+            prompt: self.prompt,
+            negative_prompt: self.negative_prompt,
+            steps: self.steps.unwrap_or(defaults.steps),
+            guidance_scale: self.guidance_scale.unwrap_or(defaults.guidance_scale),
+            seed,
+            dilation: self.dilation.unwrap_or(defaults.dilation),
+            paste_back: self.paste_back.unwrap_or(defaults.paste_back),
+            preview: self.preview.unwrap_or(defaults.preview),
+        })
+    }
+}
+
+fn to_js<T: serde::Serialize>(value: &T) -> Result<JsValue, JsError> {
+    let text = serde_json::to_string(value).map_err(|e| JsError::new(&e.to_string()))?;
+    js_sys::JSON::parse(&text).map_err(|e| JsError::new(&js_error(&e)))
+}
+
+fn set(object: &js_sys::Object, key: &str, value: impl Into<JsValue>) {
+    // Setting a property on a fresh plain object cannot fail.
+    let _ = js_sys::Reflect::set(object, &key.into(), &value.into());
+}
+
+fn stage_name(stage: Stage) -> &'static str {
+    match stage {
+        Stage::EncodingPrompt => "encoding-prompt",
+        Stage::EncodingImage => "encoding-image",
+        Stage::Denoising => "denoising",
+        Stage::Decoding => "decoding",
+    }
+}
+
+fn rgba(image: &RgbImage) -> Vec<u8> {
+    image
+        .data
+        .chunks_exact(3)
+        .flat_map(|p| [p[0], p[1], p[2], 255])
+        .collect()
+}
+
+/// Incremental SHA-256 for the model store (WebCrypto only hashes whole buffers).
+#[wasm_bindgen]
+pub struct Sha256(sha2::Sha256);
+
+#[wasm_bindgen]
+impl Sha256 {
+    #[wasm_bindgen(constructor)]
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Sha256 {
+        Sha256(sha2::Digest::new())
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        sha2::Digest::update(&mut self.0, bytes);
+    }
+
+    /// The digest as lowercase hex; the hasher is consumed.
+    pub fn finish(self) -> String {
+        sha2::Digest::finalize(self.0)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+#[wasm_bindgen]
+impl Engine {
+    /// Opens the WebGPU adapter and device (with the adapter's own limits and features).
+    /// Fails with a message naming what to do when the browser has no WebGPU.
+    pub async fn create() -> Result<Engine, JsError> {
+        let (device, adapter) = nullpaint::device::wgpu_async().await.map_err(|e| {
+            let nullpaint::device::DeviceError::NoAdapter(detail) = e;
+            JsError::new(&format!(
+                "This browser gave no WebGPU adapter (details: {detail})."
+            ))
+        })?;
+        Ok(Engine {
+            device,
+            adapter,
+            model: None,
+        })
+    }
+
+    /// The adapter: `{ name, backend, deviceType, driver, shaderF16, maxBufferSize,
+    /// maxStorageBufferBindingSize }`.
+    #[wasm_bindgen(getter)]
+    pub fn adapter(&self) -> Result<JsValue, JsError> {
+        let a = &self.adapter;
+        let object = js_sys::Object::new();
+        set(&object, "name", a.name.as_str());
+        set(&object, "backend", a.backend.as_str());
+        set(&object, "deviceType", a.device_type.as_str());
+        set(&object, "driver", a.driver.as_str());
+        set(&object, "shaderF16", a.shader_f16);
+        set(&object, "maxBufferSize", a.max_buffer_size as f64);
+        set(
+            &object,
+            "maxStorageBufferBindingSize",
+            a.max_storage_buffer_binding_size as f64,
+        );
+        Ok(object.into())
+    }
+
+    /// Loads a diffusers Stable Diffusion model from its files (`Map<path, Blob>`), streaming
+    /// the weights tensor by tensor to the GPU. `onProgress(bytesRead, totalBytes, path)`.
+    /// Returns `{ name, sizeMultiple, seconds, heapBytes, weightsDType }`.
+    #[wasm_bindgen(js_name = loadModel)]
+    pub fn load_model(
+        &mut self,
+        name: String,
+        files: js_sys::Map,
+        on_progress: js_sys::Function,
+    ) -> Result<JsValue, JsError> {
+        let mut blobs = BTreeMap::new();
+        for entry in files.entries() {
+            let pair: js_sys::Array = entry.map_err(|e| JsError::new(&js_error(&e)))?.into();
+            let path = pair.get(0).as_string().ok_or_else(|| {
+                JsError::new("model files: every key must be a path inside the model folder")
+            })?;
+            let blob = pair
+                .get(1)
+                .dyn_into::<web_sys::Blob>()
+                .map_err(|_| JsError::new(&format!("model file {path}: not a Blob")))?;
+            blobs.insert(path, blob);
+        }
+        // Free the previous model's GPU memory before loading the next.
+        self.model = None;
+        let started = js_sys::Date::now();
+        let source = BlobSource::new(name.clone(), blobs, on_progress)
+            .map_err(|e| JsError::new(&e))?;
+        let model = StableDiffusion::load(&source, &self.device)
+            .map_err(|e| JsError::new(&e.to_string()))?;
+        let info = serde_json::json!({
+            "name": name,
+            "sizeMultiple": model.size_multiple,
+            "seconds": (js_sys::Date::now() - started) / 1000.0,
+            "heapBytes": heap_bytes(),
+            "weightsDType": "f32",
+        });
+        self.model = Some(Rc::new(model));
+        to_js(&info)
+    }
+
+    /// Drops the loaded model and its GPU memory.
+    #[wasm_bindgen(js_name = unloadModel)]
+    pub fn unload_model(&mut self) {
+        self.model = None;
+    }
+
+    /// How a prompt tokenizes: `{ tokens, maxLength, dropped }` (tokens past the text
+    /// encoder's length are ignored; the page warns).
+    #[wasm_bindgen(js_name = promptTokens)]
+    pub fn prompt_tokens(&self, prompt: &str) -> Result<JsValue, JsError> {
+        let model = self.model()?;
+        let encoded = model
+            .tokenizer
+            .encode(prompt)
+            .map_err(|e| JsError::new(&e.to_string()))?;
+        let max = model.tokenizer.max_length();
+        to_js(&serde_json::json!({
+            "tokens": (max - 2).min(encoded.ids.len()) + encoded.dropped,
+            "maxLength": max,
+            "dropped": encoded.dropped,
+        }))
+    }
+
+    fn model(&self) -> Result<Rc<StableDiffusion>, JsError> {
+        self.model
+            .clone()
+            .ok_or_else(|| JsError::new("no model is loaded: load one in the model manager first"))
+    }
+
+    /// Inpaints: `rgba` is the photo (4 bytes per pixel, as `ImageData.data`), `mask` one byte
+    /// per pixel (>= 128 = fill). `onProgress(event)` gets `{ stage }` or `{ step, total,
+    /// timestep, preview?: { width, height, rgba } }`; returning `false` cancels. Resolves to
+    /// the result as RGBA bytes.
+    pub fn inpaint(
+        &self,
+        rgba_in: &[u8],
+        width: u32,
+        height: u32,
+        mask: &[u8],
+        options: JsValue,
+        on_progress: js_sys::Function,
+    ) -> Result<js_sys::Promise, JsError> {
+        let model = self.model()?;
+        let (w, h) = (width as usize, height as usize);
+        if rgba_in.len() != w * h * 4 {
+            return Err(JsError::new(&format!(
+                "image: {} bytes for {w}x{h} RGBA pixels",
+                rgba_in.len()
+            )));
+        }
+        let image = RgbImage {
+            width: w,
+            height: h,
+            data: rgba_in
+                .chunks_exact(4)
+                .flat_map(|p| [p[0], p[1], p[2]])
+                .collect(),
+        };
+        let mask = MaskImage {
+            width: w,
+            height: h,
+            data: mask.to_vec(),
+        };
+        let text = js_sys::JSON::stringify(&options)
+            .map_err(|e| JsError::new(&js_error(&e)))?
+            .as_string()
+            .unwrap_or_default();
+        let options = serde_json::from_str::<JsOptions>(&text)
+            .map_err(|e| JsError::new(&format!("options: {e}")))?
+            .into_options()
+            .map_err(|e| JsError::new(&format!("options: {e}")))?;
+        model
+            .validate(&image, &mask, &options)
+            .map_err(|e| JsError::new(&e.to_string()))?;
+
+        Ok(wasm_bindgen_futures::future_to_promise(async move {
+            let mut report = |p: Progress| {
+                let event = js_sys::Object::new();
+                match p {
+                    Progress::Stage(stage) => set(&event, "stage", stage_name(stage)),
+                    Progress::Step {
+                        step,
+                        total,
+                        timestep,
+                        preview,
+                    } => {
+                        set(&event, "step", step as u32);
+                        set(&event, "total", total as u32);
+                        set(&event, "timestep", timestep as u32);
+                        if let Some(p) = preview {
+                            let object = js_sys::Object::new();
+                            set(&object, "width", p.width as u32);
+                            set(&object, "height", p.height as u32);
+                            set(
+                                &object,
+                                "rgba",
+                                js_sys::Uint8ClampedArray::from(rgba(&p).as_slice()),
+                            );
+                            set(&event, "preview", object);
+                        }
+                    }
+                }
+                match on_progress.call1(&JsValue::NULL, &event) {
+                    Ok(v) if v == JsValue::FALSE => ControlFlow::Break(()),
+                    _ => ControlFlow::Continue(()),
+                }
+            };
+            let out = model
+                .inpaint_async(&image, &mask, &options, &mut report)
+                .await
+                .map_err(|e| JsValue::from(js_sys::Error::new(&e.to_string())))?;
+            Ok(js_sys::Uint8Array::from(rgba(&out).as_slice()).into())
+        }))
+    }
+}
