@@ -13,11 +13,10 @@ cd "$(dirname "$0")/.."
 step() { printf '\n==> %s (%s)\n' "$1" "$(date +%T)"; }
 SECONDS=0
 
-# 1. System packages: Vulkan loader + lavapipe; Chromium, Node.js and binaryen (wasm-opt) for
-#    the browser build and test.
+# 1. System packages: Vulkan loader + lavapipe; Chromium and Node.js for the browser build
+#    (wasm-opt comes from npm, see wasm-pack.toml) and test.
 need=()
 command -v chromium >/dev/null || need+=(chromium)
-command -v wasm-opt >/dev/null || need+=(binaryen)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
 [ -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] || [ -e /usr/share/vulkan/icd.d/lvp_icd.aarch64.json ] || need+=(mesa-vulkan-drivers)

@@ -3,7 +3,8 @@
 
 Every setting (crate, target, profile, features, output folder, wasm-opt flags) comes from the
 top-level wasm-pack.toml. wasm-bindgen-cli is installed from crates.io at the exact version in
-Cargo.lock when missing; wasm-opt comes from the OS (Debian: `binaryen`). Python 3.11+ stdlib.
+Cargo.lock when missing; wasm-opt is binaryen from npm, pinned in web/package.json. Python 3.11+
+stdlib.
 
     python3 web/build.py            # build
     python3 web/build.py --print    # show the settings and exit
@@ -61,6 +62,7 @@ def settings() -> dict:
         "features": build["features"],
         "out_dir": ROOT / build["out-dir"],
         "wasm_opt": bool(opt.get("enabled", False)),
+        "wasm_opt_tool": ROOT / opt.get("tool", "web/node_modules/.bin/wasm-opt"),
         "wasm_opt_args": list(opt.get("args", [])),
     }
 
@@ -99,6 +101,20 @@ def ensure_wasm_bindgen(version: str) -> str:
     run(["cargo", "install", "wasm-bindgen-cli", "--version", version, "--force"])
     cargo_home = Path(os.environ.get("CARGO_HOME", Path.home() / ".cargo"))
     return str(cargo_home / "bin" / "wasm-bindgen")
+
+
+def ensure_wasm_opt(tool: Path) -> str:
+    """The pinned wasm-opt; `npm ci` in its package folder when it is not installed yet."""
+    if not tool.exists():
+        package = tool.parent.parent.parent  # <pkg>/node_modules/.bin/wasm-opt
+        if not (package / "package-lock.json").is_file():
+            fail(f"{tool} is missing and {package} has no package-lock.json to install it from")
+        if shutil.which("npm") is None:
+            fail("npm is needed to install binaryen's wasm-opt (Debian: apt-get install npm)")
+        run(["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"], cwd=package)
+    if not tool.exists():
+        fail(f"npm ci did not install {tool}")
+    return str(tool)
 
 
 def target_dir() -> Path:
@@ -146,13 +162,10 @@ def main() -> None:
         run([bindgen, str(wasm), "--out-dir", str(staging), "--target", s["bindgen_target"]])
         out_wasm = staging / f"{name.replace('-', '_')}_bg.wasm"
         if s["wasm_opt"]:
-            opt = shutil.which("wasm-opt")
-            if opt is None:
-                print("warning: wasm-opt not found (Debian: apt-get install binaryen); the module stays unoptimised")
-            else:
-                optimised = staging / "opt.wasm"
-                run([opt, *s["wasm_opt_args"], str(out_wasm), "-o", str(optimised)])
-                optimised.replace(out_wasm)
+            opt = ensure_wasm_opt(s["wasm_opt_tool"])
+            optimised = staging / "opt.wasm"
+            run([opt, *s["wasm_opt_args"], str(out_wasm), "-o", str(optimised)])
+            optimised.replace(out_wasm)
         old = out_dir.with_name(out_dir.name + ".old")
         if out_dir.exists():
             shutil.rmtree(old, ignore_errors=True)

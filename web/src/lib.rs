@@ -16,7 +16,7 @@ use std::rc::Rc;
 
 use burn::tensor::Device;
 use nullpaint::device::AdapterInfo;
-use nullpaint::pipeline::{InpaintOptions, MaskImage, Progress, RgbImage, Stage, StableDiffusion};
+use nullpaint::pipeline::{InpaintOptions, MaskImage, Progress, RgbImage, StableDiffusion, Stage};
 use serde::Deserialize;
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
@@ -215,8 +215,8 @@ impl Engine {
         // Free the previous model's GPU memory before loading the next.
         self.model = None;
         let started = js_sys::Date::now();
-        let source = BlobSource::new(name.clone(), blobs, on_progress)
-            .map_err(|e| JsError::new(&e))?;
+        let source =
+            BlobSource::new(name.clone(), blobs, on_progress).map_err(|e| JsError::new(&e))?;
         let model = StableDiffusion::load(&source, &self.device)
             .map_err(|e| JsError::new(&e.to_string()))?;
         let info = serde_json::json!({

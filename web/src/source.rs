@@ -64,7 +64,13 @@ impl BlobSource {
         })
     }
 
-    fn read_range(&self, path: &str, blob: &Blob, offset: f64, len: f64) -> Result<Vec<u8>, String> {
+    fn read_range(
+        &self,
+        path: &str,
+        blob: &Blob,
+        offset: f64,
+        len: f64,
+    ) -> Result<Vec<u8>, String> {
         let part = blob
             .slice_with_f64_and_f64(offset, offset + len)
             .map_err(|e| js_error(&e))?;

@@ -99,7 +99,7 @@ fn adapter_info(setup: &burn::tensor::wgpu::WgpuSetup) -> AdapterInfo {
             .features()
             .contains(burn::tensor::wgpu::wgpu::Features::SHADER_F16),
         max_buffer_size: limits.max_buffer_size,
-        max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size as u64,
+        max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
         name: info.name,
         backend: format!("{:?}", info.backend),
         device_type: format!("{:?}", info.device_type),

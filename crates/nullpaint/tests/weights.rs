@@ -303,7 +303,10 @@ fn weights_range_reader_rejects_truncated_and_garbage_files() {
             .to_string()
     };
     let truncated = message(bytes[..bytes.len() - 10].to_vec());
-    assert!(truncated.contains("text_encoder/model.safetensors"), "{truncated}");
+    assert!(
+        truncated.contains("text_encoder/model.safetensors"),
+        "{truncated}"
+    );
     assert!(truncated.contains("truncated"), "{truncated}");
     let garbage = message(b"<html>not found</html>".to_vec());
     assert!(garbage.contains("header length"), "{garbage}");
