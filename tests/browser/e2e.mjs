@@ -153,6 +153,7 @@ try {
   const status = await waitReady();
   const adapter = await page.evaluate(() => window.nullpaint.adapter);
   check(adapter.backend === "BrowserWebGpu", `engine on WebGPU: ${status} (shader-f16: ${adapter.shaderF16}, max buffer ${adapter.maxBufferSize})`);
+  check(adapter.dtype === (adapter.shaderF16 ? "f16" : "f32"), `precision ${adapter.dtype}: f16 exactly when the adapter has shader-f16`);
   await shot("01-start");
 
   // 2. download through the model manager; the first UNet request breaks after 300 kB
@@ -180,6 +181,7 @@ try {
   // 3. load
   const info = await loadModel();
   check(hub.log.length === 0, `a complete model loads without network requests (${hub.log.length})`);
+  check(info.weightsDType === adapter.dtype, `weights loaded as ${info.weightsDType} (stored f16, upcast per tensor without shader-f16)`);
   console.log(`     load: ${info.seconds.toFixed(2)} s on the GPU + ${info.verifySeconds.toFixed(2)} s checking chunks; wasm heap after load ${(info.heapBytes / 2 ** 20).toFixed(1)} MiB`);
 
   // 4. photo, mask painted with the mouse, settings

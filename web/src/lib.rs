@@ -15,7 +15,7 @@ use std::ops::ControlFlow;
 use std::rc::Rc;
 
 use burn::tensor::Device;
-use nullpaint::device::AdapterInfo;
+use nullpaint::device::{AdapterInfo, Precision};
 use nullpaint::pipeline::{InpaintOptions, MaskImage, Progress, RgbImage, StableDiffusion, Stage};
 use serde::Deserialize;
 use wasm_bindgen::JsCast;
@@ -119,6 +119,14 @@ fn stage_name(stage: Stage) -> &'static str {
     }
 }
 
+fn dtype_name(dtype: burn::tensor::FloatDType) -> &'static str {
+    match dtype {
+        burn::tensor::FloatDType::F16 => "f16",
+        burn::tensor::FloatDType::F32 => "f32",
+        _ => "other",
+    }
+}
+
 fn rgba(image: &RgbImage) -> Vec<u8> {
     image
         .data
@@ -154,15 +162,33 @@ impl Sha256 {
 
 #[wasm_bindgen]
 impl Engine {
-    /// Opens the WebGPU adapter and device (with the adapter's own limits and features).
-    /// Fails with a message naming what to do when the browser has no WebGPU.
-    pub async fn create() -> Result<Engine, JsError> {
-        let (device, adapter) = nullpaint::device::wgpu_async().await.map_err(|e| {
-            let nullpaint::device::DeviceError::NoAdapter(detail) = e;
+    /// Opens the WebGPU adapter and device (with the adapter's own limits and features) and
+    /// chooses the float precision of everything on it: `"auto"` (default: f16 when a
+    /// hardware adapter has `shader-f16`, f32 otherwise: f16 weights are then upcast tensor by
+    /// tensor while loading), `"f32"` or `"f16"`. Fails with a message when the browser has no WebGPU.
+    pub async fn create(precision: Option<String>) -> Result<Engine, JsError> {
+        let precision = match precision.as_deref().unwrap_or("auto") {
+            "auto" => Precision::Auto,
+            "f32" => Precision::F32,
+            "f16" => Precision::F16,
+            other => {
+                return Err(JsError::new(&format!(
+                    "precision {other:?}: use \"auto\", \"f32\" or \"f16\""
+                )));
+            }
+        };
+        let (mut device, adapter) = nullpaint::device::wgpu_async().await.map_err(|e| {
+            let detail = match e {
+                nullpaint::device::DeviceError::NoAdapter(detail) => detail,
+                other => other.to_string(),
+            };
             JsError::new(&format!(
                 "This browser gave no WebGPU adapter (details: {detail})."
             ))
         })?;
+        // Before any tensor exists on the device: Burn fixes its dtype at the first one.
+        nullpaint::device::configure_precision(&mut device, Some(&adapter), precision)
+            .map_err(|e| JsError::new(&e.to_string()))?;
         Ok(Engine {
             device,
             adapter,
@@ -171,7 +197,7 @@ impl Engine {
     }
 
     /// The adapter: `{ name, backend, deviceType, driver, shaderF16, maxBufferSize,
-    /// maxStorageBufferBindingSize }`.
+    /// maxStorageBufferBindingSize, dtype }` (`dtype`: the precision chosen at creation).
     #[wasm_bindgen(getter)]
     pub fn adapter(&self) -> Result<JsValue, JsError> {
         let a = &self.adapter;
@@ -186,6 +212,11 @@ impl Engine {
             &object,
             "maxStorageBufferBindingSize",
             a.max_storage_buffer_binding_size as f64,
+        );
+        set(
+            &object,
+            "dtype",
+            dtype_name(self.device.settings().float_dtype),
         );
         Ok(object.into())
     }
@@ -224,7 +255,7 @@ impl Engine {
             "sizeMultiple": model.size_multiple,
             "seconds": (js_sys::Date::now() - started) / 1000.0,
             "heapBytes": heap_bytes(),
-            "weightsDType": "f32",
+            "weightsDType": dtype_name(self.device.settings().float_dtype),
         });
         self.model = Some(Rc::new(model));
         to_js(&info)

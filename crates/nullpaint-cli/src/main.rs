@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use nullpaint::device::BackendChoice;
+use nullpaint::device::{BackendChoice, Precision};
 use nullpaint::pipeline::{FolderSource, InpaintOptions, Progress, StableDiffusion, Stage};
 
 const EXAMPLE: &str = "Example:
@@ -43,6 +43,14 @@ enum Backend {
     Wgpu,
     /// the pure-Rust CPU backend (slow)
     Cpu,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum PrecisionArg {
+    /// f16 on a hardware GPU with shader-f16, else f32
+    Auto,
+    F32,
+    F16,
 }
 
 #[derive(clap::Args, Debug)]
@@ -79,6 +87,10 @@ struct InpaintArgs {
     no_paste_back: bool,
     #[arg(long, value_enum, default_value_t = Backend::Auto)]
     backend: Backend,
+    /// Float precision of weights and activations: f16 halves GPU memory (norms and attention
+    /// still run in f32); auto = f16 on a hardware GPU with shader-f16, f32 elsewhere.
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Auto)]
+    precision: PrecisionArg,
     /// Output file (format from the extension: png, jpg, webp, bmp). Default: IMAGE.inpainted.png
     #[arg(long, short)]
     output: Option<PathBuf>,
@@ -146,8 +158,16 @@ fn inpaint(args: InpaintArgs) -> Result<()> {
         Backend::Wgpu => BackendChoice::Wgpu,
         Backend::Cpu => BackendChoice::Cpu,
     };
-    let (device, device_name) = nullpaint::device::select(choice)?;
-    eprintln!("device: {device_name}");
+    let selected = nullpaint::device::select(choice)?;
+    let mut device = selected.device;
+    let precision = match args.precision {
+        PrecisionArg::Auto => Precision::Auto,
+        PrecisionArg::F32 => Precision::F32,
+        PrecisionArg::F16 => Precision::F16,
+    };
+    let dtype =
+        nullpaint::device::configure_precision(&mut device, selected.adapter.as_ref(), precision)?;
+    eprintln!("device: {} ({dtype})", selected.description);
     let folder = hub::resolve(&args.model)?;
     let load_start = Instant::now();
     let source = FolderSource::new(&folder)?;

@@ -4,7 +4,7 @@
 //! wgpu can be initialised once per process; [`wgpu`] does it on first use and hands out
 //! clones of the same device afterwards.
 
-use burn::tensor::Device;
+use burn::tensor::{Device, FloatDType};
 
 /// What the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -49,6 +49,74 @@ pub enum DeviceError {
         "no wgpu adapter: {0}. Install a Vulkan driver (on Debian: `apt-get install mesa-vulkan-drivers` gives the software adapter lavapipe), or use --backend cpu"
     )]
     NoAdapter(String),
+    #[error(
+        "f16 was asked for, but {0} has no shader-f16 support; run in f32 (--precision f32), which needs twice the GPU memory"
+    )]
+    NoF16(String),
+    #[error("cannot set the float precision of the device: {0}")]
+    Configure(String),
+}
+
+/// Float precision of weights and activations on a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f16 on a GPU whose adapter has `shader-f16`, f32 elsewhere (the CPU, software adapters
+    /// without it, browsers without it).
+    #[default]
+    Auto,
+    F32,
+    F16,
+}
+
+/// Sets the float dtype of `device` and returns it (never `Auto`). The device must not hold any tensor yet (Burn fixes a device's
+/// defaults at its first tensor). Weights stored in another dtype are converted one tensor at
+/// a time while loading, so every module ends up in this one dtype: mixing f16 and f32 tensors
+/// in one op gives wrong values in Burn 0.22 without an error. Inside the models, norm
+/// statistics (Burn widens them) and attention (see `models::attention`) still run in f32.
+///
+/// `adapter`: the wgpu adapter behind `device`, `None` for the CPU backend (always f32).
+/// `Auto` takes f16 on hardware adapters with `shader-f16`; software adapters (lavapipe,
+/// SwiftShader) run f32 faster than f16, so they get f32 unless f16 is asked for.
+pub fn configure_precision(
+    device: &mut Device,
+    adapter: Option<&AdapterInfo>,
+    precision: Precision,
+) -> Result<Precision, DeviceError> {
+    let can = adapter.is_some_and(|a| a.shader_f16);
+    let hardware = adapter.is_some_and(|a| a.device_type != "Cpu");
+    let dtype = match precision {
+        Precision::F32 => FloatDType::F32,
+        Precision::F16 if !can => {
+            return Err(DeviceError::NoF16(
+                adapter.map_or_else(|| "the CPU backend".to_string(), |a| a.to_string()),
+            ));
+        }
+        Precision::F16 => FloatDType::F16,
+        Precision::Auto if can && hardware => FloatDType::F16,
+        Precision::Auto => FloatDType::F32,
+    };
+    let chosen = if dtype == FloatDType::F16 {
+        Precision::F16
+    } else {
+        Precision::F32
+    };
+    if device.settings().float_dtype == dtype {
+        return Ok(chosen);
+    }
+    device
+        .configure(dtype)
+        .map_err(|e| DeviceError::Configure(format!("{e:?}")))?;
+    Ok(chosen)
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::Auto => "auto",
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+        })
+    }
 }
 
 /// The pure-Rust CPU device.
@@ -109,12 +177,32 @@ fn adapter_info(setup: &burn::tensor::wgpu::WgpuSetup) -> AdapterInfo {
     }
 }
 
+/// A device chosen by [`select`].
+#[derive(Debug, Clone)]
+pub struct Selected {
+    pub device: Device,
+    /// For messages: `cpu (flex)`, `wgpu: <adapter>`.
+    pub description: String,
+    /// The wgpu adapter, `None` on the CPU backend.
+    pub adapter: Option<AdapterInfo>,
+}
+
 /// Resolves a [`BackendChoice`] natively: `Auto` falls back to the CPU with a warning.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn select(choice: BackendChoice) -> Result<(Device, String), DeviceError> {
+pub fn select(choice: BackendChoice) -> Result<Selected, DeviceError> {
+    let on_cpu = || Selected {
+        device: cpu(),
+        description: "cpu (flex)".into(),
+        adapter: None,
+    };
+    let on_gpu = |device, info: AdapterInfo| Selected {
+        device,
+        description: format!("wgpu: {info}"),
+        adapter: Some(info),
+    };
     match choice {
-        BackendChoice::Cpu => Ok((cpu(), "cpu (flex)".into())),
-        BackendChoice::Wgpu => wgpu().map(|(d, info)| (d, format!("wgpu: {info}"))),
+        BackendChoice::Cpu => Ok(on_cpu()),
+        BackendChoice::Wgpu => wgpu().map(|(d, info)| on_gpu(d, info)),
         BackendChoice::Auto => match wgpu() {
             // A software rasteriser (lavapipe, SwiftShader, WARP) is slower than the native CPU
             // backend; `--backend wgpu` still selects it explicitly.
@@ -122,12 +210,12 @@ pub fn select(choice: BackendChoice) -> Result<(Device, String), DeviceError> {
                 tracing::warn!(
                     "the only wgpu adapter is a software one ({info}); running on the CPU backend instead"
                 );
-                Ok((cpu(), "cpu (flex)".into()))
+                Ok(on_cpu())
             }
-            Ok((d, info)) => Ok((d, format!("wgpu: {info}"))),
+            Ok((d, info)) => Ok(on_gpu(d, info)),
             Err(e) => {
                 tracing::warn!("{e}; running on the CPU, which is much slower");
-                Ok((cpu(), "cpu (flex)".into()))
+                Ok(on_cpu())
             }
         },
     }

@@ -14,7 +14,7 @@ use burn::nn::{GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, Linear, L
 use burn::tensor::activation::gelu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{DType, Device, FloatDType, Tensor};
 
 /// Largest score tensor (`batch * heads * q_chunk * kv_len` f32 values) one attention call makes.
 pub const SCORE_BUDGET_BYTES: usize = 64 << 20;
@@ -24,7 +24,16 @@ pub const SCORE_BUDGET_BYTES: usize = 64 << 20;
 /// # Shapes
 /// - `q`: `[batch, heads, q_len, head_dim]`, `k` / `v`: `[batch, heads, kv_len, head_dim]`
 /// - output: `[batch, heads, q_len, head_dim]`
+///
+/// f16 activations are widened to f32 for the scores, the softmax and the weighted sum, then
+/// narrowed back (diffusers' `upcast_attention` / `upcast_softmax`, always on): f16 scores of
+/// long sequences lose the softmax's precision and can overflow.
 pub fn scaled_dot_product_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
+    if q.dtype() == DType::F16 {
+        let wide = FloatDType::F32;
+        let out = scaled_dot_product_attention(q.cast(wide), k.cast(wide), v.cast(wide));
+        return out.cast(FloatDType::F16);
+    }
     let [b, h, q_len, _] = q.dims();
     let kv_len = k.dims()[2];
     let per_query = b * h * kv_len * 4;
