@@ -7,7 +7,7 @@
 
 import { createHash } from "node:crypto";
 import { createServer } from "node:http";
-import { readFileSync, statSync, readdirSync, existsSync } from "node:fs";
+import { closeSync, createReadStream, existsSync, openSync, readdirSync, readFileSync, readSync, statSync } from "node:fs";
 import { join, extname, resolve, dirname, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -27,6 +27,22 @@ function listFiles(dir) {
     else out.push(p);
   }
   return out;
+}
+
+// Content hashes of served files, computed once (a 1.7 GB UNet takes seconds).
+const hashes = new Map();
+function fileHash(path, algorithm) {
+  const key = `${algorithm}:${path}:${statSync(path).mtimeMs}`;
+  if (!hashes.has(key)) {
+    const h = createHash(algorithm);
+    const fd = openSync(path, "r");
+    const buf = Buffer.alloc(16 << 20);
+    let n;
+    while ((n = readSync(fd, buf, 0, buf.length, null)) > 0) h.update(buf.subarray(0, n));
+    closeSync(fd);
+    hashes.set(key, h.digest("hex"));
+  }
+  return hashes.get(key);
 }
 
 // repos: { "owner/name": folder }. Returns { server, log, faults, url() }.
@@ -62,13 +78,13 @@ export async function startServer({ repos, port = 0 }) {
       const folder = repos[m[1]];
       if (!folder) return res.writeHead(404, { "Content-Type": "application/json" }).end('{"error":"Repository not found"}');
       const siblings = listFiles(folder).map((f) => {
-        const bytes = readFileSync(f);
         const rfilename = relative(folder, f).split("\\").join("/");
-        const s = { rfilename, size: bytes.length };
+        const size = statSync(f).size;
+        const s = { rfilename, size };
         if (f.endsWith(".safetensors")) {
-          s.lfs = { sha256: createHash("sha256").update(bytes).digest("hex"), size: bytes.length, pointerSize: 134 };
+          s.lfs = { sha256: fileHash(f, "sha256"), size, pointerSize: 134 };
         } else {
-          s.blobId = createHash("sha1").update(`blob ${bytes.length}\0`).update(bytes).digest("hex");
+          s.blobId = createHash("sha1").update(`blob ${size}\0`).update(readFileSync(f)).digest("hex");
         }
         return s;
       });
@@ -80,32 +96,34 @@ export async function startServer({ repos, port = 0 }) {
     if (!m || !repos[m[1]]) return res.writeHead(404).end("Entry not found");
     const file = resolve(repos[m[1]], m[3]);
     if (!file.startsWith(resolve(repos[m[1]])) || !existsSync(file)) return res.writeHead(404).end("Entry not found");
-    const bytes = readFileSync(file);
+    const size = statSync(file).size;
     const range = req.headers.range;
     log.push({ kind: "file", path: m[3], range: range || null });
     let start = 0;
-    let end = bytes.length - 1;
+    let end = size - 1;
     let status = 200;
     if (range) {
       const r = range.match(/^bytes=(\d+)-(\d*)$/);
       if (!r) return res.writeHead(416).end();
       start = Number(r[1]);
-      end = r[2] ? Math.min(Number(r[2]), bytes.length - 1) : bytes.length - 1;
+      end = r[2] ? Math.min(Number(r[2]), size - 1) : size - 1;
       status = 206;
     }
-    const body = bytes.subarray(start, end + 1);
-    const headers = { "Content-Type": "application/octet-stream", "Content-Length": body.length, "Accept-Ranges": "bytes" };
-    if (status === 206) headers["Content-Range"] = `bytes ${start}-${end}/${bytes.length}`;
+    const length = Math.max(0, end - start + 1);
+    const headers = { "Content-Type": "application/octet-stream", "Content-Length": length, "Accept-Ranges": "bytes" };
+    if (status === 206) headers["Content-Range"] = `bytes ${start}-${end}/${size}`;
+    res.writeHead(status, headers);
+    if (!length) return res.end();
     const fault = faults.findIndex((f) => f.path === m[3]);
     if (fault >= 0) {
+      // The connection drops mid-body, once.
       const { afterBytes } = faults.splice(fault, 1)[0];
-      res.writeHead(status, headers);
-      res.write(body.subarray(0, afterBytes));
-      setTimeout(() => res.destroy(), 50); // the connection drops mid-body
+      createReadStream(file, { start, end: start + afterBytes - 1 })
+        .on("end", () => setTimeout(() => res.destroy(), 50))
+        .pipe(res, { end: false });
       return;
     }
-    res.writeHead(status, headers);
-    res.end(body);
+    createReadStream(file, { start, end }).pipe(res);
   }
 
   await new Promise((ok) => server.listen(port, "127.0.0.1", ok));
