@@ -476,20 +476,6 @@ $("import-folder").addEventListener("change", (e) => {
   const entries = files.map((file) => ({ path: file.webkitRelativePath.split("/").slice(1).join("/"), file }));
   importEntries(top, entries);
 });
-$("import-files").addEventListener("change", (e) => {
-  const files = [...e.target.files];
-  e.target.value = "";
-  if (!files.length) return;
-  // Loose files carry no folder: accept names like unet/config.json typed with slashes
-  // replaced by "__", else ask for the folder.
-  const entries = files.map((file) => ({ path: file.name.replaceAll("__", "/"), file }));
-  if (!entries.some((x) => x.path.includes("/"))) {
-    showModelError("Pick the model folder with “Import folder…” (or drop it here): loose files do not say which part of the model they are.");
-    return;
-  }
-  importEntries("imported model", entries);
-});
-
 // Dropping a folder on the model manager imports it.
 async function walk(entry, prefix, out) {
   if (entry.isFile) {
@@ -546,7 +532,7 @@ function renderModels(models, storage, loadedId) {
         const r = await modelOp("load", { id: m.id });
         if (r) {
           state.loadInfo = r.info;
-          $("gpu-status").textContent += ` · ${m.name} loaded in ${r.info.seconds.toFixed(1)} s`;
+          $("gpu-status").textContent = `${$("gpu-status").textContent.split(" · ")[0]} · ${m.name} loaded in ${r.info.seconds.toFixed(1)} s (${r.info.weightsDType}; wasm memory ${bytes(r.info.heapBytes)})`;
         }
       });
     } else if (m.source.kind === "hub") {

@@ -231,6 +231,19 @@ try {
   check(diff.maxHole <= TOLERANCE && diff.maxKnown === 0,
     `browser result equals the native CLI's: max |diff| ${diff.maxHole}/255 in the hole, ${diff.maxKnown} outside (run ${runSeconds.toFixed(1)} s)`);
 
+  check(!(await page.locator("#preview").isHidden()), "the live preview was shown during the run");
+
+  // 5b. cancel: a long run stops at the next step
+  await page.fill("#steps", "200");
+  await page.click("#run");
+  await page.waitForFunction(() => /^Step [2-9]/.test(document.getElementById("run-text").textContent));
+  await page.click("#cancel");
+  await page.waitForFunction(() => ["Cancelled"].includes(document.getElementById("run-text").textContent) || !document.getElementById("run-error").hidden);
+  const cancelled = await page.locator("#run-text").textContent();
+  check(cancelled === "Cancelled" && (await page.locator("#run").isEnabled()), `Cancel stops a run and Run is available again (${cancelled})`);
+  await shot("04b-cancelled");
+  await page.fill("#steps", "4");
+
   // 6. reload: no weight file fetched again
   await page.reload();
   await waitReady();
@@ -279,6 +292,21 @@ try {
   const diff2 = await compare(again, browserOut, maskPath);
   check(diff2.maxHole === 0 && diff2.maxKnown === 0, `after the repair the result is the same as before (max |diff| ${diff2.maxHole})`);
   await shot("05-after-repair");
+  // 8. import a local folder (tiny-sd2: transformers-5 keys, f32 weights, tokenizer.json), load it, delete it
+  await page.setInputFiles("#import-folder", join(FIXTURES, "tiny-sd2"));
+  const imported = page.locator('#model-table tr[data-id="local:tiny-sd2"]');
+  await imported.waitFor();
+  await page.waitForFunction(() => document.querySelector('#model-table tr[data-id="local:tiny-sd2"] td:nth-child(3)')?.textContent === "ready" || !document.getElementById("model-error").hidden);
+  if (!(await page.locator("#model-error").isHidden())) await fail(`import failed: ${await page.locator("#model-error").textContent()}`);
+  await imported.locator("button.load").click();
+  await page.waitForFunction(() => document.querySelector('#model-table tr[data-id="local:tiny-sd2"] td:nth-child(3)')?.textContent === "loaded" || !document.getElementById("model-error").hidden);
+  check(await page.locator("#model-error").isHidden(), `an imported folder loads (${await page.locator("#gpu-status").textContent()})`);
+  await shot("07-imported");
+  page.once("dialog", (d) => d.accept());
+  await imported.locator("button.delete").click();
+  await imported.waitFor({ state: "detached" });
+  const left = await page.locator("#model-table tbody tr").count();
+  check(left === 1, `Delete removes the imported model (${left} model left)`);
   const wasm = statSync(join(ROOT, "www/pkg/nullpaint_web_bg.wasm")).size;
   console.log(`     wasm module ${(wasm / 1e6).toFixed(1)} MB; heap after load ${(info3.heapBytes / 2 ** 20).toFixed(1)} MiB`);
   writeFileSync(join(ART, "figures.json"), JSON.stringify({ adapter, load: info, reload: info2, repaired: info3, runSeconds, wasmBytes: wasm, diff }, null, 1));
@@ -290,7 +318,7 @@ try {
   rmSync(userData, { recursive: true, force: true });
 }
 
-// 8. without WebGPU the page says so
+// 9. without WebGPU the page says so
 {
   const dir = mkdtempSync(join(tmpdir(), "nullpaint-chromium-"));
   const ctx = await chromium.launchPersistentContext(dir, { executablePath: CHROMIUM, headless: true, args: [...FLAGS, "--disable-webgpu"] });
