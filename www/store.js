@@ -42,6 +42,8 @@ const WEIGHTS = [
 
 export class StoreError extends Error {}
 
+const mb = (n) => `${(n / 1e6).toFixed(0)} MB`;
+
 // An incremental SHA-256 (`new Sha256()`, `update(bytes)`, `finish() -> hex`): the wasm
 // module's, since WebCrypto only hashes whole buffers. Set by the worker.
 let Sha256 = null;
@@ -263,6 +265,12 @@ export async function downloadHub({ endpoint, repo, revision = "main", chunkByte
   }
   const total = model.files.reduce((s, f) => s + f.size, 0);
   let done = model.files.reduce((s, f) => s + f.chunks.reduce((c, k) => c + (k ? k.size : 0), 0), 0);
+  const estimate = await storageEstimate();
+  if (estimate && estimate.quota - estimate.usage < (total - done) * 1.02) {
+    throw new StoreError(
+      `${repo} needs ${mb(total - done)} more of browser storage but only ${mb(estimate.quota - estimate.usage)} is left to this site. ` +
+      `Delete cached models, free disk space (browsers give a site a share of the free disk), or leave private browsing.`);
+  }
   progress({ done, total, file: null });
   for (const file of model.files) {
     for (let i = 0; i < file.chunks.length; i++) {
@@ -362,6 +370,13 @@ export async function importLocal(name, entries, progress, chunkBytes = CHUNK_BY
   const model = { id, name, created: Date.now(), complete: false, files, source: { kind: "local" } };
   await putModel(model);
   const total = files.reduce((s, f) => s + f.size, 0);
+  const estimate = await storageEstimate();
+  if (estimate && estimate.quota - estimate.usage < total * 1.02) {
+    await deleteModel(id);
+    throw new StoreError(
+      `${name} needs ${mb(total)} of browser storage but only ${mb(estimate.quota - estimate.usage)} is left to this site. ` +
+      `Delete cached models or free disk space.`);
+  }
   let done = 0;
   for (const file of files) {
     const source = byPath.get(file.path);

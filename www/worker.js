@@ -75,13 +75,15 @@ const handlers = {
   },
 
   async delete(m) {
-    if (loaded && loaded.id === m.id) {
-      engine.unloadModel();
-      loaded = null;
-    }
-    await store.deleteModel(m.id);
-    post({ type: "delete", ok: true });
-    await refreshModels();
+    await exclusive("deleting", async () => {
+      if (loaded && loaded.id === m.id) {
+        engine.unloadModel();
+        loaded = null;
+      }
+      await store.deleteModel(m.id);
+      post({ type: "delete", ok: true });
+      await refreshModels();
+    });
   },
 
   async load(m) {
@@ -90,6 +92,7 @@ const handlers = {
       const t0 = performance.now();
       const opened = await store.openModel(m.id, (p) => post({ type: "progress", op: "verify", ...p }), b.abort.signal);
       const t1 = performance.now();
+      loaded = null; // the engine drops its model first, whatever happens next
       const info = engine.loadModel(opened.name, opened.files, (done, total, file) =>
         post({ type: "progress", op: "load", done, total, file }));
       info.verifySeconds = (t1 - t0) / 1000;
