@@ -41,7 +41,7 @@ mkdir -p "$CARGO_TARGET_DIR"
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-# 3. The browser module (settings from wasm-pack.toml; installs wasm-bindgen-cli from crates.io
+# 3. The browser module (settings from wasm-pack.toml; installs wasm-bindgen-cli with cargo install
 #    at Cargo.lock's version when missing).
 step "browser build: python3 web/build.py"
 python3 web/build.py

@@ -2,7 +2,7 @@
 """Builds the browser module: cargo (wasm32) -> wasm-bindgen -> wasm-opt, into www/pkg.
 
 Every setting (crate, target, profile, features, output folder, wasm-opt flags) comes from the
-top-level wasm-pack.toml. wasm-bindgen-cli is installed from crates.io at the exact version in
+top-level wasm-pack.toml. wasm-bindgen-cli is installed with `cargo install` at the exact version in
 Cargo.lock when missing; wasm-opt is binaryen from npm, pinned in web/package.json. Python 3.11+
 stdlib.
 
