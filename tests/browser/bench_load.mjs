@@ -6,7 +6,7 @@
 //
 //   python3 tests/browser/make_full_size_model.py /tmp/sd15-random
 //   python3 web/build.py
-//   node tests/browser/bench_load.mjs /tmp/sd15-random
+//   node tests/browser/bench_load.mjs /tmp/sd15-random [--load-only]
 
 import { chromium } from "playwright-core";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -19,6 +19,7 @@ const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 const ART = resolve(process.env.NULLPAINT_ARTIFACTS || join(ROOT, "tests/browser/artifacts"));
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const folder = process.argv[2];
+const loadOnly = process.argv.includes("--load-only");
 if (!folder) {
   console.error("usage: node tests/browser/bench_load.mjs MODEL_FOLDER (see make_full_size_model.py)");
   process.exit(2);
@@ -59,6 +60,7 @@ try {
   figures.loadWallSeconds = (Date.now() - t) / 1000;
   console.log(`loaded: ${JSON.stringify(figures.load)}`);
 
+  if (loadOnly) throw new Error("--load-only: no run");
   await page.selectOption("#max-size", "0");
   await page.setInputFiles("#open-image", join(ROOT, "tests/fixtures/reference/e2e/sd1_guided_64x64.image.png"));
   await page.waitForSelector("#stage:not(.empty)");
@@ -79,7 +81,7 @@ try {
   figures.heapAfterRun = await page.evaluate(() => window.nullpaint.heapBytes);
   await page.screenshot({ path: join(ART, "bench-full-size.png"), fullPage: true });
 } catch (e) {
-  figures.error = String(e.message || e);
+  if (!loadOnly) figures.error = String(e.message || e);
   await page.screenshot({ path: join(ART, "bench-failure.png"), fullPage: true }).catch(() => {});
 } finally {
   console.log(JSON.stringify(figures, null, 1));

@@ -597,6 +597,20 @@ pub fn load_module<M: Module>(
     keys: &KeyMap,
     device: &Device,
 ) -> Result<M, WeightError> {
+    load_module_in_blocks(module, source, keys, device, UPLOAD_BLOCK_BYTES)
+}
+
+/// Tensors larger than this (on the device) are converted and uploaded in blocks of rows.
+pub const UPLOAD_BLOCK_BYTES: usize = 16 << 20;
+
+/// [`load_module`] with another upload block size (tests use tiny blocks).
+pub fn load_module_in_blocks<M: Module>(
+    module: M,
+    source: &dyn TensorSource,
+    keys: &KeyMap,
+    device: &Device,
+    block_bytes: usize,
+) -> Result<M, WeightError> {
     let wanted = torch_keys(&module);
     let source_keys: BTreeSet<String> = source.keys().into_iter().collect();
     // Pick the prefix that makes the checkpoint's keys line up with the module's.
@@ -617,6 +631,7 @@ pub fn load_module<M: Module>(
     };
     let mut loader = Loader {
         source,
+        block_bytes: block_bytes.max(1),
         prefix: &prefix,
         device,
         float_dtype,
@@ -653,6 +668,8 @@ pub fn load_module<M: Module>(
 
 struct Loader<'a> {
     source: &'a dyn TensorSource,
+    /// Tensors above this many bytes on the device are uploaded in row blocks.
+    block_bytes: usize,
     prefix: &'a str,
     device: &'a Device,
     float_dtype: DType,
@@ -663,6 +680,43 @@ struct Loader<'a> {
 }
 
 impl Loader<'_> {
+    /// Converts `raw` to the device dtype and uploads it; tensors larger than
+    /// `block_bytes` go up in blocks of rows joined on the device, so host memory holds one
+    /// block's conversion at a time (the 49408 x 768 token embedding is 152 MB in f32; a
+    /// browser's wasm heap never shrinks).
+    fn upload<const D: usize>(&self, raw: &RawTensor<'_>) -> Result<Tensor<D>, String> {
+        let convert = |part: &RawTensor<'_>| match self.float_dtype {
+            DType::F16 => part
+                .to_f16()
+                .map(|v| TensorData::new(v, part.shape.clone())),
+            _ => part
+                .to_f32()
+                .map(|v| TensorData::new(v, part.shape.clone())),
+        };
+        let element = if self.float_dtype == DType::F16 { 2 } else { 4 };
+        let rows = raw.shape.first().copied().unwrap_or(1);
+        let row_elements = raw.numel() / rows.max(1);
+        let row_bytes_on_device = row_elements * element;
+        if rows < 2 || raw.numel() * element <= self.block_bytes || row_elements == 0 {
+            return Ok(Tensor::from_data(convert(raw)?, self.device));
+        }
+        let stored_row_bytes = raw.data.len() / rows;
+        let rows_per_block = (self.block_bytes / row_bytes_on_device).max(1);
+        let mut parts = Vec::with_capacity(rows.div_ceil(rows_per_block));
+        for start in (0..rows).step_by(rows_per_block) {
+            let end = (start + rows_per_block).min(rows);
+            let mut shape = raw.shape.clone();
+            shape[0] = end - start;
+            let part = RawTensor {
+                dtype: raw.dtype,
+                shape,
+                data: Cow::Borrowed(&raw.data[start * stored_row_bytes..end * stored_row_bytes]),
+            };
+            parts.push(Tensor::<D>::from_data(convert(&part)?, self.device));
+        }
+        Ok(Tensor::cat(parts, 0))
+    }
+
     fn load<const D: usize>(&mut self, expected: Vec<usize>) -> Option<Tensor<D>> {
         let (key, layout) = param_key(&self.path, &self.containers);
         let key = format!("{}{key}", self.prefix);
@@ -696,12 +750,8 @@ impl Loader<'_> {
             });
             return None;
         }
-        let data = match self.float_dtype {
-            DType::F16 => raw.to_f16().map(|v| TensorData::new(v, raw.shape.clone())),
-            _ => raw.to_f32().map(|v| TensorData::new(v, raw.shape.clone())),
-        };
-        let data = match data {
-            Ok(d) => d,
+        let tensor = match self.upload::<D>(&raw) {
+            Ok(t) => t,
             Err(message) => {
                 self.problems.push(KeyProblem::DType {
                     key,
@@ -710,7 +760,6 @@ impl Loader<'_> {
                 return None;
             }
         };
-        let tensor = Tensor::<D>::from_data(data, self.device);
         Some(match layout {
             Layout::Same => tensor,
             Layout::Transposed => tensor.transpose(),

@@ -316,3 +316,31 @@ fn weights_range_reader_rejects_truncated_and_garbage_files() {
     bad_json[8] = b'[';
     assert!(message(bad_json).contains("header"));
 }
+
+#[test]
+fn weights_uploaded_in_row_blocks_give_the_same_model() {
+    use nullpaint::weights::load_module_in_blocks;
+    for (name, device) in common::devices() {
+        let file = SafetensorsFile::open(weights_path("sd1")).unwrap();
+        let keys = ClipTextModel::key_map();
+        let whole = load_module(config("sd1").init(&device), &file, &keys, &device).unwrap();
+        // 1 KiB blocks: the token embedding (49408 rows) and every matrix go up in pieces.
+        let blocked =
+            load_module_in_blocks(config("sd1").init(&device), &file, &keys, &device, 1024)
+                .unwrap();
+        let ids = burn::tensor::Tensor::<2, burn::tensor::Int>::from_data(
+            burn::tensor::TensorData::new(vec![49406i32, 320, 1125, 49407], [1, 4]),
+            &device,
+        );
+        whole
+            .forward(ids.clone())
+            .into_data()
+            .assert_eq(&blocked.forward(ids).into_data(), true);
+        let (a, b) = (
+            whole.embeddings.token_embedding.weight.val(),
+            blocked.embeddings.token_embedding.weight.val(),
+        );
+        a.into_data().assert_eq(&b.into_data(), true);
+        eprintln!("blocked upload on {name}: identical");
+    }
+}
