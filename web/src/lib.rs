@@ -376,3 +376,48 @@ impl Engine {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::JsOptions;
+
+    fn parse(json: &str) -> Result<nullpaint::pipeline::InpaintOptions, String> {
+        serde_json::from_str::<JsOptions>(json)
+            .map_err(|e| e.to_string())?
+            .into_options()
+    }
+
+    #[test]
+    fn options_take_defaults_numbers_and_decimal_seeds() {
+        let o = parse(r#"{"prompt":"a cat"}"#).unwrap();
+        let d = nullpaint::pipeline::InpaintOptions::default();
+        assert_eq!((o.steps, o.dilation, o.seed), (d.steps, d.dilation, d.seed));
+        let o = parse(r#"{"prompt":"a","steps":4,"guidanceScale":5.5,"seed":42,"dilation":1,"negativePrompt":"b","preview":true}"#).unwrap();
+        assert_eq!(
+            (o.steps, o.guidance_scale, o.seed, o.dilation),
+            (4, 5.5, 42, 1)
+        );
+        assert_eq!(o.negative_prompt, "b");
+        assert!(o.preview);
+        // Above 2^53 a JS number loses digits: the page sends seeds as strings.
+        let o = parse(r#"{"prompt":"a","seed":"18446744073709551615"}"#).unwrap();
+        assert_eq!(o.seed, u64::MAX);
+    }
+
+    #[test]
+    fn options_reject_bad_seeds_and_unknown_fields() {
+        for (json, needle) in [
+            (r#"{"prompt":"a","seed":-1}"#, "seed -1"),
+            (r#"{"prompt":"a","seed":1.5}"#, "seed 1.5"),
+            (r#"{"prompt":"a","seed":"12x"}"#, "seed \"12x\""),
+            (r#"{"prompt":"a","seed":"18446744073709551616"}"#, "2^64-1"),
+            (r#"{"prompt":"a","seed":true}"#, "not a number"),
+            (r#"{"prompt":"a","guidance":7}"#, "unknown field `guidance`"),
+            (r#"{"steps":4}"#, "missing field `prompt`"),
+        ] {
+            let err = parse(json).unwrap_err();
+            assert!(err.contains(needle), "{json}: {err}");
+        }
+    }
+}
