@@ -89,6 +89,10 @@ const imageCtx = imageCanvas.getContext("2d", { willReadFrequently: true });
 const maskCtx = maskCanvas.getContext("2d", { willReadFrequently: true });
 const cursorCtx = cursorCanvas.getContext("2d");
 let hasImage = false;
+// The photo at full resolution when the working size scaled it down: results are pasted back
+// into it (the filled area upscaled, everything else untouched) for the download.
+let original = null;
+let runMask = null; // the mask as it was when the last run started
 let tool = "brush";
 const undoStack = [];
 
@@ -115,6 +119,13 @@ function setImage(source) {
   }
   imageCtx.imageSmoothingQuality = "high";
   imageCtx.drawImage(source, 0, 0, width, height);
+  original = null;
+  if (scale < 1) {
+    original = document.createElement("canvas");
+    original.width = source.width;
+    original.height = source.height;
+    original.getContext("2d").drawImage(source, 0, 0);
+  }
   maskCtx.clearRect(0, 0, width, height);
   undoStack.length = 0;
   hasImage = true;
@@ -335,6 +346,12 @@ $("run").onclick = async () => {
   }
   const { width, height } = imageCanvas;
   const rgba = imageCtx.getImageData(0, 0, width, height).data;
+  runMask = document.createElement("canvas");
+  runMask.width = width;
+  runMask.height = height;
+  const snapshot = runMask.getContext("2d").createImageData(width, height);
+  for (let i = 0; i < mask.length; i++) snapshot.data[i * 4 + 3] = mask[i];
+  runMask.getContext("2d").putImageData(snapshot, 0, 0);
   $("run").disabled = true;
   $("cancel").disabled = false;
   $("run-progress").hidden = false;
@@ -396,9 +413,34 @@ function showResult(imageData, seed, seconds) {
   after.getContext("2d").putImageData(imageData, 0, 0);
   $("compare").style.aspectRatio = `${imageData.width} / ${imageData.height}`;
   $("result-section").hidden = false;
-  $("result-info").textContent = `${imageData.width}×${imageData.height}, seed ${seed}, ${seconds.toFixed(1)} s`;
-  $("download").onclick = () => saveCanvas(after, `nullpaint-${seed}.png`);
+  const full = original ? pasteIntoOriginal(after) : null;
+  const saved = full || after;
+  $("result-info").textContent = `${imageData.width}×${imageData.height}, seed ${seed}, ${seconds.toFixed(1)} s` +
+    (full ? `; the download is ${full.width}×${full.height}: the filled area upscaled into the original photo` : "");
+  $("download").textContent = `Download PNG (${saved.width}×${saved.height})`;
+  $("download").onclick = () => saveCanvas(saved, `nullpaint-${seed}.png`);
   updateCompare();
+}
+
+// The result at the original photo's resolution: the original everywhere, the upscaled
+// result where the mask (smoothly upscaled, so the seam is soft) says to fill.
+function pasteIntoOriginal(result) {
+  const { width, height } = original;
+  const full = document.createElement("canvas");
+  full.width = width;
+  full.height = height;
+  const ctx = full.getContext("2d");
+  ctx.drawImage(original, 0, 0);
+  const patch = document.createElement("canvas");
+  patch.width = width;
+  patch.height = height;
+  const p = patch.getContext("2d");
+  p.imageSmoothingQuality = "high";
+  p.drawImage(result, 0, 0, width, height);
+  p.globalCompositeOperation = "destination-in";
+  p.drawImage(runMask, 0, 0, width, height);
+  ctx.drawImage(patch, 0, 0);
+  return full;
 }
 
 function updateCompare() {
@@ -407,6 +449,7 @@ function updateCompare() {
 }
 $("compare-slider").oninput = updateCompare;
 $("use-result").onclick = () => {
+  if (original) original = pasteIntoOriginal($("after-canvas"));
   imageCtx.drawImage($("after-canvas"), 0, 0);
   pushUndo();
   maskCtx.clearRect(0, 0, maskCanvas.width, maskCanvas.height);

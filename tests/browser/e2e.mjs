@@ -292,6 +292,60 @@ try {
   const diff2 = await compare(again, browserOut, maskPath);
   check(diff2.maxHole === 0 && diff2.maxKnown === 0, `after the repair the result is the same as before (max |diff| ${diff2.maxHole})`);
   await shot("05-after-repair");
+  // 7b. a photo larger than the working size: the run is at 512 px, the download is the
+  //     original size with only the painted area replaced
+  const big = await page.evaluate(async () => {
+    const c = new OffscreenCanvas(700, 300);
+    const ctx = c.getContext("2d");
+    const g = ctx.createLinearGradient(0, 0, 700, 300);
+    g.addColorStop(0, "#3060c0");
+    g.addColorStop(1, "#e0a040");
+    ctx.fillStyle = g;
+    ctx.fillRect(0, 0, 700, 300);
+    const blob = await c.convertToBlob({ type: "image/png" });
+    return Array.from(new Uint8Array(await blob.arrayBuffer()));
+  });
+  const bigPath = join(ART, "big-input.png");
+  writeFileSync(bigPath, Buffer.from(big));
+  await page.selectOption("#max-size", "512");
+  await page.setInputFiles("#open-image", bigPath);
+  await page.waitForFunction(() => document.getElementById("image-canvas").width === 512);
+  await page.fill("#brush-size", "60");
+  await page.dispatchEvent("#brush-size", "input");
+  await page.click("#tool-brush");
+  {
+    const b2 = await page.locator("#cursor-canvas").boundingBox();
+    await page.mouse.move(b2.x + b2.width * 0.45, b2.y + b2.height * 0.5);
+    await page.mouse.down();
+    await page.mouse.move(b2.x + b2.width * 0.55, b2.y + b2.height * 0.5, { steps: 4 });
+    await page.mouse.up();
+  }
+  await page.fill("#steps", "1");
+  const bigOut = await run("browser-result-full-size");
+  const label = await page.locator("#download").textContent();
+  const kept = await page.evaluate(async ([a, b]) => {
+    const px = async (bytes) => {
+      const bmp = await createImageBitmap(new Blob([new Uint8Array(bytes)]), { colorSpaceConversion: "none", premultiplyAlpha: "none" });
+      const c = new OffscreenCanvas(bmp.width, bmp.height);
+      const ctx = c.getContext("2d");
+      ctx.drawImage(bmp, 0, 0);
+      return ctx.getImageData(0, 0, bmp.width, bmp.height);
+    };
+    const [x, y] = await Promise.all([px(a), px(b)]);
+    let farDiff = 0, centreDiff = 0;
+    for (let yy = 0; yy < x.height; yy++) for (let xx = 0; xx < x.width; xx++) {
+      const i = (yy * x.width + xx) * 4;
+      const d = Math.max(...[0, 1, 2].map((c) => Math.abs(x.data[i + c] - y.data[i + c])));
+      if (xx < 150 || xx > 550) farDiff = Math.max(farDiff, d);
+      if (Math.abs(xx - 350) < 10 && Math.abs(yy - 150) < 10) centreDiff = Math.max(centreDiff, d);
+    }
+    return { width: y.width, height: y.height, farDiff, centreDiff };
+  }, [big, Array.from(readFileSync(bigOut))]);
+  check(kept.width === 700 && kept.height === 300 && kept.farDiff === 0 && kept.centreDiff > 0 && label.includes("700×300"),
+    `a 700x300 photo runs at 512 px and downloads at 700x300 with only the painted area changed (${JSON.stringify(kept)}, "${label}")`);
+  await shot("05b-full-size-download");
+  await page.fill("#steps", "4");
+
   // 8. import a local folder (tiny-sd2: transformers-5 keys, f32 weights, tokenizer.json), load it, delete it
   await page.setInputFiles("#import-folder", join(FIXTURES, "tiny-sd2"));
   const imported = page.locator('#model-table tr[data-id="local:tiny-sd2"]');
