@@ -189,6 +189,21 @@ fn cli_bad_inputs_fail_cleanly() {
         (
             base(&[
                 "--image",
+                img,
+                "--mask",
+                mask,
+                "--model",
+                model,
+                "-o",
+                "o.png",
+                "--precision",
+                "f16",
+            ]),
+            "shader-f16",
+        ),
+        (
+            base(&[
+                "--image",
                 "missing.png",
                 "--mask",
                 mask,

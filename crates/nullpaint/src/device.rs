@@ -50,7 +50,7 @@ pub enum DeviceError {
     )]
     NoAdapter(String),
     #[error(
-        "f16 was asked for, but {0} has no shader-f16 support; run in f32 (--precision f32), which needs twice the GPU memory"
+        "f16 was asked for, but {0} cannot run f16 shaders (no shader-f16); use --precision f32 or auto"
     )]
     NoF16(String),
     #[error("cannot set the float precision of the device: {0}")]
