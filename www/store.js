@@ -115,10 +115,25 @@ export async function listModels() {
 }
 
 function summary(m) {
-  const total = m.files.reduce((s, f) => s + f.size, 0);
-  const stored = m.files.reduce(
-    (s, f) => s + f.chunks.reduce((c, k) => c + (k ? k.size : 0), 0), 0);
-  return { id: m.id, name: m.name, source: m.source, total, stored, complete: m.complete, created: m.created };
+  return { id: m.id, name: m.name, source: m.source, total: totalBytes(m.files), stored: storedBytes(m.files), complete: m.complete, created: m.created };
+}
+
+function totalBytes(files) {
+  return files.reduce((s, f) => s + f.size, 0);
+}
+
+function storedBytes(files) {
+  return files.reduce((s, f) => s + f.chunks.reduce((c, k) => c + (k ? k.size : 0), 0), 0);
+}
+
+// Refuses to start storing `needed` more bytes when the site's quota cannot hold them.
+async function ensureRoom(name, needed) {
+  const estimate = await storageEstimate();
+  if (estimate && estimate.quota - estimate.usage < needed * 1.02) {
+    throw new StoreError(
+      `${name} needs ${mb(needed)} more of browser storage but only ${mb(estimate.quota - estimate.usage)} is left to this site. ` +
+      `Delete cached models, free disk space (browsers give a site a share of the free disk), or leave private browsing.`);
+  }
 }
 
 async function getModel(id) {
@@ -263,14 +278,9 @@ export async function downloadHub({ endpoint, repo, revision = "main", chunkByte
     };
     await putModel(model);
   }
-  const total = model.files.reduce((s, f) => s + f.size, 0);
-  let done = model.files.reduce((s, f) => s + f.chunks.reduce((c, k) => c + (k ? k.size : 0), 0), 0);
-  const estimate = await storageEstimate();
-  if (estimate && estimate.quota - estimate.usage < (total - done) * 1.02) {
-    throw new StoreError(
-      `${repo} needs ${mb(total - done)} more of browser storage but only ${mb(estimate.quota - estimate.usage)} is left to this site. ` +
-      `Delete cached models, free disk space (browsers give a site a share of the free disk), or leave private browsing.`);
-  }
+  const total = totalBytes(model.files);
+  let done = storedBytes(model.files);
+  await ensureRoom(repo, total - done);
   progress({ done, total, file: null });
   for (const file of model.files) {
     for (let i = 0; i < file.chunks.length; i++) {
@@ -367,16 +377,10 @@ export async function importLocal(name, entries, progress, chunkBytes = CHUNK_BY
     const size = byPath.get(path).size;
     return { path, size, sha256: null, gitSha1: null, chunkSize: chunkBytes, chunks: new Array(chunkCount(size, chunkBytes)).fill(null) };
   });
+  const total = totalBytes(files);
+  await ensureRoom(name, total);
   const model = { id, name, created: Date.now(), complete: false, files, source: { kind: "local" } };
   await putModel(model);
-  const total = files.reduce((s, f) => s + f.size, 0);
-  const estimate = await storageEstimate();
-  if (estimate && estimate.quota - estimate.usage < total * 1.02) {
-    await deleteModel(id);
-    throw new StoreError(
-      `${name} needs ${mb(total)} of browser storage but only ${mb(estimate.quota - estimate.usage)} is left to this site. ` +
-      `Delete cached models or free disk space.`);
-  }
   let done = 0;
   for (const file of files) {
     const source = byPath.get(file.path);
@@ -407,7 +411,7 @@ async function fileBlob(model, file) {
 export async function openModel(id, progress, signal) {
   const model = await getModel(id);
   if (!model) throw new StoreError(`model ${id} is not in browser storage`);
-  const total = model.files.reduce((s, f) => s + f.size, 0);
+  const total = totalBytes(model.files);
   let done = 0;
   const refetched = [];
   const files = new Map();
