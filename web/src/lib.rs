@@ -16,7 +16,9 @@ use std::rc::Rc;
 
 use burn::tensor::Device;
 use nullpaint::device::{AdapterInfo, Precision};
-use nullpaint::pipeline::{InpaintOptions, MaskImage, Progress, RgbImage, StableDiffusion, Stage};
+use nullpaint::pipeline::{
+    Extend, InpaintOptions, MaskImage, Progress, RgbImage, StableDiffusion, Stage,
+};
 use serde::Deserialize;
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
@@ -71,6 +73,12 @@ struct JsOptions {
     dilation: Option<usize>,
     paste_back: Option<bool>,
     preview: Option<bool>,
+    /// "auto" | "whole" | "crop".
+    region: Option<String>,
+    context: Option<usize>,
+    feather: Option<usize>,
+    /// [left, top, right, bottom] pixels.
+    extend: Option<[usize; 4]>,
 }
 
 impl JsOptions {
@@ -96,6 +104,21 @@ impl JsOptions {
             dilation: self.dilation.unwrap_or(defaults.dilation),
             paste_back: self.paste_back.unwrap_or(defaults.paste_back),
             preview: self.preview.unwrap_or(defaults.preview),
+            region: match self.region {
+                Some(r) => r.parse()?,
+                None => defaults.region,
+            },
+            context: self.context.unwrap_or(defaults.context),
+            feather: self.feather.unwrap_or(defaults.feather),
+            extend: self
+                .extend
+                .map(|[left, top, right, bottom]| Extend {
+                    left,
+                    top,
+                    right,
+                    bottom,
+                })
+                .unwrap_or(defaults.extend),
         })
     }
 }
@@ -223,7 +246,8 @@ impl Engine {
 
     /// Loads a diffusers Stable Diffusion model from its files (`Map<path, Blob>`), streaming
     /// the weights tensor by tensor to the GPU. `onProgress(bytesRead, totalBytes, path)`.
-    /// Returns `{ name, sizeMultiple, seconds, heapBytes, weightsDType }`.
+    /// Returns `{ name, sizeMultiple, workingSize, seconds, heapBytes, weightsDType }`
+    /// (`workingSize`: the model's trained size in pixels; larger photos run by regions).
     #[wasm_bindgen(js_name = loadModel)]
     pub fn load_model(
         &mut self,
@@ -253,6 +277,7 @@ impl Engine {
         let info = serde_json::json!({
             "name": name,
             "sizeMultiple": model.size_multiple,
+            "workingSize": model.working_size,
             "seconds": (js_sys::Date::now() - started) / 1000.0,
             "heapBytes": heap_bytes(),
             "weightsDType": dtype_name(self.device.settings().float_dtype),
@@ -291,9 +316,12 @@ impl Engine {
     }
 
     /// Inpaints: `rgba` is the photo (4 bytes per pixel, as `ImageData.data`), `mask` one byte
-    /// per pixel (>= 128 = fill). `onProgress(event)` gets `{ stage }` or `{ step, total,
+    /// per pixel (>= 128 = fill), at the photo's full resolution: photos larger than the
+    /// model's working size run by regions (options `region`, `context`, `feather`; `extend`
+    /// grows the canvas). `onProgress(event)` gets `{ region, regions, x, y, width, height,
+    /// runWidth, runHeight }` before each region (1-based), `{ stage }`, or `{ step, total,
     /// timestep, preview?: { width, height, rgba } }`; returning `false` cancels. Resolves to
-    /// the result as RGBA bytes.
+    /// `{ width, height, rgba }`: the result, with the extension when one was asked for.
     pub fn inpaint(
         &self,
         rgba_in: &[u8],
@@ -340,6 +368,20 @@ impl Engine {
             let mut report = |p: Progress| {
                 let event = js_sys::Object::new();
                 match p {
+                    Progress::Region {
+                        index,
+                        count,
+                        region,
+                    } => {
+                        set(&event, "region", index as u32 + 1);
+                        set(&event, "regions", count as u32);
+                        set(&event, "x", region.rect.x as u32);
+                        set(&event, "y", region.rect.y as u32);
+                        set(&event, "width", region.rect.width as u32);
+                        set(&event, "height", region.rect.height as u32);
+                        set(&event, "runWidth", region.run_width as u32);
+                        set(&event, "runHeight", region.run_height as u32);
+                    }
                     Progress::Stage(stage) => set(&event, "stage", stage_name(stage)),
                     Progress::Step {
                         step,
@@ -372,7 +414,15 @@ impl Engine {
                 .inpaint_async(&image, &mask, &options, &mut report)
                 .await
                 .map_err(|e| JsValue::from(js_sys::Error::new(&e.to_string())))?;
-            Ok(js_sys::Uint8Array::from(rgba(&out).as_slice()).into())
+            let result = js_sys::Object::new();
+            set(&result, "width", out.width as u32);
+            set(&result, "height", out.height as u32);
+            set(
+                &result,
+                "rgba",
+                js_sys::Uint8Array::from(rgba(&out).as_slice()),
+            );
+            Ok(result.into())
         }))
     }
 }
@@ -400,6 +450,22 @@ mod tests {
         );
         assert_eq!(o.negative_prompt, "b");
         assert!(o.preview);
+        assert_eq!(
+            (o.region, o.context, o.feather, o.extend),
+            (d.region, d.context, d.feather, d.extend)
+        );
+        let o = parse(r#"{"prompt":"a","region":"crop","context":64,"feather":8,"extend":[1,2,3,4]}"#).unwrap();
+        assert_eq!(o.region, nullpaint::regions::RegionMode::Crop);
+        assert_eq!((o.context, o.feather), (64, 8));
+        assert_eq!(
+            o.extend,
+            nullpaint::regions::Extend {
+                left: 1,
+                top: 2,
+                right: 3,
+                bottom: 4
+            }
+        );
         // Above 2^53 a JS number loses digits: the page sends seeds as strings.
         let o = parse(r#"{"prompt":"a","seed":"18446744073709551615"}"#).unwrap();
         assert_eq!(o.seed, u64::MAX);
@@ -414,6 +480,9 @@ mod tests {
             (r#"{"prompt":"a","seed":"18446744073709551616"}"#, "2^64-1"),
             (r#"{"prompt":"a","seed":true}"#, "not a number"),
             (r#"{"prompt":"a","guidance":7}"#, "unknown field `guidance`"),
+            (r#"{"prompt":"a","region":"tiles"}"#, "region mode \"tiles\""),
+            (r#"{"prompt":"a","extend":[1,2,3]}"#, "invalid length 3"),
+            (r#"{"prompt":"a","feather":-1}"#, "integer `-1`"),
             (r#"{"steps":4}"#, "missing field `prompt`"),
         ] {
             let err = parse(json).unwrap_err();

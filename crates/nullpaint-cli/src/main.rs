@@ -12,12 +12,17 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use nullpaint::device::{BackendChoice, Precision};
-use nullpaint::pipeline::{FolderSource, InpaintOptions, Progress, StableDiffusion, Stage};
+use nullpaint::pipeline::{
+    Extend, FolderSource, InpaintOptions, MaskImage, Progress, RegionMode, StableDiffusion, Stage,
+};
+use nullpaint::regions::DEFAULT_CONTEXT;
 
 const EXAMPLE: &str = "Example:
   nullpaint inpaint --image photo.png --mask mask.png --prompt \"a wooden bench in a park\"
 
 The mask has the image's size; white (luminance >= 128) marks what to repaint, black what to keep.
+Photos larger than the model's working size (512 px for SD 1.5) are inpainted by regions around
+the holes, at full resolution elsewhere; --extend grows the canvas (outpainting).
 Without --model, stable-diffusion-v1-5/stable-diffusion-v1-5 is downloaded into the Hugging Face
 cache (HF_HOME; set HF_HUB_OFFLINE=1 to use only what is cached).";
 
@@ -46,6 +51,16 @@ enum Backend {
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum RegionArg {
+    /// the whole photo when it fits the model's working size, else regions around the holes
+    Auto,
+    /// one pass over the whole photo, whatever its size (slow and repetitive far above it)
+    Whole,
+    /// regions around the holes, whatever the photo's size
+    Crop,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum PrecisionArg {
     /// f16 on a hardware GPU with shader-f16, else f32
     Auto,
@@ -58,9 +73,10 @@ struct InpaintArgs {
     /// The photo (PNG, JPEG, WebP, BMP; alpha is dropped).
     #[arg(long)]
     image: PathBuf,
-    /// The mask, same size as the image: white (>= 128) = fill, black = keep.
+    /// The mask, same size as the image: white (>= 128) = fill, black = keep. Optional with
+    /// --extend (then only the extension is filled).
     #[arg(long)]
-    mask: PathBuf,
+    mask: Option<PathBuf>,
     /// What to paint into the hole.
     #[arg(long)]
     prompt: String,
@@ -82,9 +98,23 @@ struct InpaintArgs {
     /// Grow the hole by this many latent pixels (8 image pixels each) to blend the border.
     #[arg(long, default_value_t = 2)]
     dilate: usize,
-    /// Output the raw decoded image instead of pasting the known pixels back.
+    /// Output the raw decoded image (of each region) instead of pasting the known pixels back.
     #[arg(long)]
     no_paste_back: bool,
+    /// How a photo larger than the model's working size is split.
+    #[arg(long, value_enum, default_value_t = RegionArg::Auto)]
+    region: RegionArg,
+    /// Pixels of surrounding photo each region shows the model around its hole.
+    #[arg(long, default_value_t = DEFAULT_CONTEXT, value_name = "PX")]
+    context: usize,
+    /// Blend the result into this many known pixels around the hole (0: a hard seam, the
+    /// known pixels byte-identical); at most --context.
+    #[arg(long, default_value_t = 0, value_name = "PX")]
+    feather: usize,
+    /// Outpainting: grow the canvas by LEFT,TOP,RIGHT,BOTTOM pixels (or one number for all
+    /// sides); the new area is filled like a hole.
+    #[arg(long, value_name = "L,T,R,B")]
+    extend: Option<Extend>,
     #[arg(long, value_enum, default_value_t = Backend::Auto)]
     backend: Backend,
     /// Float precision of weights and activations: f16 halves GPU memory (norms and attention
@@ -121,18 +151,31 @@ fn inpaint(args: InpaintArgs) -> Result<()> {
     let start = Instant::now();
     // 1. everything the user gave, checked before any model work
     let image = io::load_image(&args.image)?;
-    let mask = io::load_mask(&args.mask)?;
-    if (mask.width, mask.height) != (image.width, image.height) {
-        bail!(
-            "the mask {} is {}x{} but the image {} is {}x{}: they must have the same size",
-            args.mask.display(),
-            mask.width,
-            mask.height,
-            args.image.display(),
-            image.width,
-            image.height
-        );
-    }
+    let mask = match &args.mask {
+        Some(path) => {
+            let mask = io::load_mask(path)?;
+            if (mask.width, mask.height) != (image.width, image.height) {
+                bail!(
+                    "the mask {} is {}x{} but the image {} is {}x{}: they must have the same size",
+                    path.display(),
+                    mask.width,
+                    mask.height,
+                    args.image.display(),
+                    image.width,
+                    image.height
+                );
+            }
+            mask
+        }
+        None if args.extend.is_some_and(|e| !e.is_zero()) => MaskImage {
+            width: image.width,
+            height: image.height,
+            data: vec![0; image.width * image.height],
+        },
+        None => bail!(
+            "give --mask MASK.png (white = fill), or --extend L,T,R,B to outpaint without one"
+        ),
+    };
     if args.steps == 0 {
         bail!("--steps must be at least 1");
     }
@@ -146,7 +189,12 @@ fn inpaint(args: InpaintArgs) -> Result<()> {
         .output
         .clone()
         .unwrap_or_else(|| io::default_output(&args.image));
-    let output = io::PendingOutput::create(&output_path, &[&args.image, &args.mask])?;
+    let mut inputs = vec![args.image.as_path()];
+    inputs.extend(args.mask.as_deref());
+    let output = io::PendingOutput::create(&output_path, &inputs)?;
+    if let Some(warning) = output.lossy_warning() {
+        eprintln!("warning: {warning}");
+    }
     let seed = args.seed.unwrap_or_else(io::random_seed);
     if args.seed.is_none() {
         eprintln!("seed: {seed} (pass --seed {seed} to reproduce)");
@@ -185,8 +233,25 @@ fn inpaint(args: InpaintArgs) -> Result<()> {
         dilation: args.dilate,
         paste_back: !args.no_paste_back,
         preview: false,
+        region: match args.region {
+            RegionArg::Auto => RegionMode::Auto,
+            RegionArg::Whole => RegionMode::Whole,
+            RegionArg::Crop => RegionMode::Crop,
+        },
+        context: args.context,
+        feather: args.feather,
+        extend: args.extend.unwrap_or_default(),
     };
     sd.validate(&image, &mask, &options)?;
+    let plan = sd.plan(&mask, &options);
+    let sd_canvas = options
+        .extend
+        .canvas_size(image.width, image.height)
+        .unwrap_or((image.width, image.height));
+    let steps_run = args.steps * plan.len();
+    if plan.is_empty() {
+        eprintln!("the mask has no hole (no pixel >= 128): the output is the input");
+    }
     let run_start = Instant::now();
     let bar = ProgressBar::new(args.steps as u64);
     bar.set_style(
@@ -196,22 +261,52 @@ fn inpaint(args: InpaintArgs) -> Result<()> {
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
-    let mut denoise_time = None;
+    let mut denoise_time = std::time::Duration::ZERO;
     let mut denoise_start = None;
+    let mut region_index = 0;
     let result = sd.inpaint(&image, &mask, &options, &mut |p| {
         match p {
+            Progress::Region {
+                index,
+                count,
+                region,
+            } => {
+                region_index = index;
+                bar.set_length((args.steps * count) as u64);
+                bar.set_position((args.steps * index) as u64);
+                let r = region.rect;
+                if count > 1 || (r.width, r.height) != (sd_canvas.0, sd_canvas.1) {
+                    let scaled = if region.is_scaled() {
+                        format!(", runs at {}x{}", region.run_width, region.run_height)
+                    } else {
+                        String::new()
+                    };
+                    bar.println(format!(
+                        "region {}/{count}: {}x{} at ({}, {}){scaled}, seed {}",
+                        index + 1,
+                        r.width,
+                        r.height,
+                        r.x,
+                        r.y,
+                        region.seed
+                    ));
+                }
+            }
             Progress::Stage(Stage::EncodingPrompt) => bar.set_message("prompt"),
             Progress::Stage(Stage::EncodingImage) => bar.set_message("image"),
             Progress::Stage(Stage::Denoising) => {
                 bar.set_message("denoising");
-                bar.reset_eta();
                 denoise_start = Some(Instant::now());
             }
             Progress::Stage(Stage::Decoding) => {
-                denoise_time = denoise_start.map(|s| s.elapsed());
+                if let Some(s) = denoise_start.take() {
+                    denoise_time += s.elapsed();
+                }
                 bar.set_message("decoding");
             }
-            Progress::Step { step, .. } => bar.set_position(step as u64),
+            Progress::Step { step, .. } => {
+                bar.set_position((args.steps * region_index + step) as u64)
+            }
         }
         ControlFlow::Continue(())
     });
@@ -220,17 +315,24 @@ fn inpaint(args: InpaintArgs) -> Result<()> {
     let run_time = run_start.elapsed();
     output.commit(&result)?;
 
-    let per_step = denoise_time
-        .map(|d| d.as_secs_f64() / args.steps as f64)
-        .unwrap_or(0.0);
+    let per_step = if steps_run > 0 {
+        denoise_time.as_secs_f64() / steps_run as f64
+    } else {
+        0.0
+    };
     eprintln!(
-        "wrote {} ({}x{}) in {:.1} s: load {:.1} s, inpaint {:.1} s ({} steps, {:.2} s/step), seed {seed}",
+        "wrote {} ({}x{}) in {:.1} s: load {:.1} s, inpaint {:.1} s ({}{} steps, {:.2} s/step), seed {seed}",
         output_path.display(),
         result.width,
         result.height,
         start.elapsed().as_secs_f64(),
         load_time.as_secs_f64(),
         run_time.as_secs_f64(),
+        if plan.len() > 1 {
+            format!("{} regions x ", plan.len())
+        } else {
+            String::new()
+        },
         args.steps,
         per_step
     );

@@ -110,6 +110,54 @@ fn cli_inpaint_matches_the_python_reference_on_both_backends() {
 }
 
 #[test]
+fn cli_outpaints_without_a_mask_and_reports_regions() {
+    // A 64x64 photo grown by 100 px on the right: 164x64 is wider than tiny-sd1's 128 px
+    // working size, so the extension runs as one region, scaled to 128x50.
+    let dir = tempdir("extend");
+    let img = e2e("sd1_guided_64x64.image.png");
+    let model = fixtures().join("tiny-sd1");
+    let out = nullpaint(
+        &[
+            "inpaint",
+            "--image",
+            img.to_str().unwrap(),
+            "--prompt",
+            "a wall",
+            "--model",
+            model.to_str().unwrap(),
+            "--steps",
+            "1",
+            "--seed",
+            "5",
+            "--backend",
+            "cpu",
+            "--extend",
+            "0,0,100,0",
+            "--output",
+            "wide.png",
+        ],
+        &dir,
+    );
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("region 1/1: 164x64 at (0, 0), runs at 128x50, seed 5"),
+        "{err}"
+    );
+    let input = image::open(&img).unwrap().to_rgb8();
+    let got = image::open(dir.join("wide.png")).unwrap().to_rgb8();
+    assert_eq!(got.dimensions(), (164, 64));
+    for (x, y, p) in input.enumerate_pixels() {
+        assert_eq!(got.get_pixel(x, y), p, "({x}, {y}) changed");
+    }
+    assert!(
+        (64..164).any(|x| got.get_pixel(x, 10) != input.get_pixel(63, 10)),
+        "the extension was not painted"
+    );
+    assert_eq!(leftovers(&dir, &["wide.png"]), Vec::<String>::new());
+}
+
+#[test]
 fn cli_default_output_name_and_drawn_seed() {
     let dir = tempdir("default-name");
     std::fs::copy(e2e("sd1_padded_40x56.image.png"), dir.join("photo.png")).unwrap();
@@ -337,6 +385,31 @@ fn cli_bad_inputs_fail_cleanly() {
                 "o.png",
             ]),
             "not a diffusers",
+        ),
+        (
+            base(&[
+                "--image", img, "--mask", mask, "--model", model, "-o", "o.png", "--region",
+                "crop", "--context", "10", "--feather", "50",
+            ]),
+            "wider than the context",
+        ),
+        (
+            base(&[
+                "--image", img, "--mask", mask, "--model", model, "-o", "o.png", "--extend",
+                "1,2",
+            ]),
+            "LEFT,TOP,RIGHT,BOTTOM",
+        ),
+        (
+            base(&[
+                "--image", img, "--mask", mask, "--model", model, "-o", "o.png", "--region",
+                "tiles",
+            ]),
+            "tiles",
+        ),
+        (
+            base(&["--image", img, "--model", model, "-o", "o.png"]),
+            "--extend",
         ),
     ];
     let before = std::fs::read(dir.join("input.png")).unwrap();

@@ -4,12 +4,15 @@
 //!
 //! Layout, after diffusers: [`models`] (networks, built from `config.json`), [`weights`]
 //! (safetensors loading by diffusers key names), [`tokenizer`] (CLIP BPE), [`device`] (backend
-//! selection).
+//! selection), [`regions`] (photos larger than the model: crops, scaling, the feathered
+//! blend), [`pipeline`] (the method, shared by the CLI and the browser).
 
 pub mod device;
 pub mod kernel;
 pub mod models;
 pub mod pipeline;
+pub mod pixels;
+pub mod regions;
 pub mod rng;
 pub mod schedulers;
 pub mod tokenizer;

@@ -10,6 +10,7 @@ use std::ops::ControlFlow;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::kernel::{self, StepParams};
+use crate::regions::{self, Filter, Rect};
 use crate::models::ConfigError;
 use crate::models::clip::{ClipTextConfig, ClipTextModel};
 use crate::models::unet_2d::{UNet2DConditionConfig, UNet2DConditionModel};
@@ -18,28 +19,8 @@ use crate::schedulers::{DdimScheduler, Scheduler, SchedulerError};
 use crate::tokenizer::{ClipTokenizer, TokenizerError, TokenizerFiles};
 use crate::weights::{KeyMap, TensorSource, WeightError, load_module};
 
-/// An 8-bit RGB image, row-major, 3 bytes per pixel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RgbImage {
-    pub width: usize,
-    pub height: usize,
-    pub data: Vec<u8>,
-}
-
-/// An 8-bit single-channel mask: luminance >= 128 marks the hole (to be filled).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MaskImage {
-    pub width: usize,
-    pub height: usize,
-    pub data: Vec<u8>,
-}
-
-impl MaskImage {
-    /// Whether pixel `i` (row-major) is in the hole.
-    pub fn is_hole(&self, i: usize) -> bool {
-        self.data[i] >= 128
-    }
-}
+pub use crate::pixels::{MaskImage, RgbImage};
+pub use crate::regions::{Extend, Region, RegionMode};
 
 /// What the user chooses for one run (defaults as in SPEC.md).
 #[derive(Debug, Clone, PartialEq)]
@@ -55,6 +36,14 @@ pub struct InpaintOptions {
     pub paste_back: bool,
     /// Send a cheap latent preview with each step's progress.
     pub preview: bool,
+    /// Whole canvas or regions around the holes (SPEC.md, "Photos larger than the model").
+    pub region: RegionMode,
+    /// Context margin around each hole when regions are used, in pixels.
+    pub context: usize,
+    /// Width of the band of known pixels blended with the result, in pixels (0: none).
+    pub feather: usize,
+    /// Outpainting: pixels added on each side; they are filled like a hole.
+    pub extend: Extend,
 }
 
 impl Default for InpaintOptions {
@@ -68,6 +57,10 @@ impl Default for InpaintOptions {
             dilation: 2,
             paste_back: true,
             preview: false,
+            region: RegionMode::Auto,
+            context: regions::DEFAULT_CONTEXT,
+            feather: 0,
+            extend: Extend::default(),
         }
     }
 }
@@ -87,6 +80,13 @@ pub enum Stage {
 /// Progress reported to the caller; returning `ControlFlow::Break` cancels the run.
 #[derive(Debug, Clone)]
 pub enum Progress {
+    /// A region starts (before its stages and steps); whole mode has one region.
+    Region {
+        /// 0-based.
+        index: usize,
+        count: usize,
+        region: Region,
+    },
     Stage(Stage),
     Step {
         /// 1-based.
@@ -234,6 +234,9 @@ pub struct StableDiffusion {
     pub scheduler: DdimScheduler,
     /// Pixel sides must be multiples of this (VAE factor x 2^UNet down-samplings).
     pub size_multiple: usize,
+    /// The size the model was trained at (`unet sample_size x VAE factor`: 512 for SD 1.x);
+    /// larger photos are inpainted by regions of at most this size.
+    pub working_size: usize,
     vae_factor: usize,
     latent_channels: usize,
     device: Device,
@@ -339,6 +342,12 @@ impl StableDiffusion {
         )?;
 
         let vae_factor = vae_config.downscale_factor();
+        // `sample_size` may be one side or [height, width]: the smaller bounds the region.
+        let sample_size = unet_config
+            .sample_size
+            .as_ref()
+            .and_then(|s| s.values().into_iter().min())
+            .unwrap_or(64);
         Ok(Self {
             tokenizer,
             text_encoder,
@@ -346,6 +355,7 @@ impl StableDiffusion {
             vae,
             scheduler,
             size_multiple: vae_factor << unet_config.num_downsamplings(),
+            working_size: sample_size * vae_factor,
             vae_factor,
             latent_channels: vae_config.latent_channels,
             device: device.clone(),
@@ -459,15 +469,96 @@ impl StableDiffusion {
                 ),
             );
         }
+        let e = options.extend;
+        if [e.left, e.top, e.right, e.bottom]
+            .iter()
+            .any(|&v| v > regions::MAX_EXTEND)
+        {
+            return invalid(
+                "extend",
+                format!(
+                    "{e} pixels: at most {} per side",
+                    regions::MAX_EXTEND
+                ),
+            );
+        }
+        let (cw, ch) = e
+            .canvas_size(image.width, image.height)
+            .unwrap_or((usize::MAX, usize::MAX));
+        if cw.saturating_mul(ch) > regions::MAX_CANVAS_PIXELS {
+            return invalid(
+                "extend",
+                format!(
+                    "the canvas would be {cw}x{ch} pixels, more than the {} megapixels allowed",
+                    regions::MAX_CANVAS_PIXELS >> 20
+                ),
+            );
+        }
+        if options.context > regions::MAX_CONTEXT {
+            return invalid(
+                "context",
+                format!(
+                    "{} pixels (at most {})",
+                    options.context,
+                    regions::MAX_CONTEXT
+                ),
+            );
+        }
+        if options.feather > regions::MAX_FEATHER {
+            return invalid(
+                "feather",
+                format!(
+                    "{} pixels (at most {})",
+                    options.feather,
+                    regions::MAX_FEATHER
+                ),
+            );
+        }
+        if options.feather > options.context
+            && regions::uses_regions(options.region, cw, ch, self.working_size)
+        {
+            return invalid(
+                "feather",
+                format!(
+                    "{} pixels is wider than the context margin ({} pixels): the band would be cut at the region's edge; raise the context or lower the feather",
+                    options.feather, options.context
+                ),
+            );
+        }
         // The scheduler owns the range of valid step counts.
         let mut scheduler = self.scheduler.clone();
         scheduler.set_timesteps(options.steps)?;
         Ok(scheduler)
     }
 
-    /// Inpaints the hole of `mask` (luminance >= 128) in `image`. An empty hole returns the
-    /// image unchanged without running the model. Blocks until done (native); the browser
-    /// awaits [`Self::inpaint_async`], the same loop.
+    /// The regions a run of `options` would inpaint (SPEC.md, "Photos larger than the
+    /// model"), in the canvas after `options.extend`; empty when there is no hole.
+    pub fn plan(&self, mask: &MaskImage, options: &InpaintOptions) -> Vec<Region> {
+        let plan = |m: &MaskImage| {
+            regions::plan(
+                m,
+                self.working_size,
+                options.context,
+                options.region,
+                options.seed,
+            )
+        };
+        if options.extend.is_zero() {
+            plan(mask)
+        } else {
+            let blank = RgbImage {
+                width: mask.width,
+                height: mask.height,
+                data: vec![0; mask.width * mask.height * 3],
+            };
+            plan(&regions::extend_canvas(&blank, mask, options.extend).1)
+        }
+    }
+
+    /// Inpaints the hole of `mask` (luminance >= 128) in `image`, by regions when the photo
+    /// is larger than the working size. An empty hole returns the image unchanged without
+    /// running the model. Blocks until done (native); the browser awaits
+    /// [`Self::inpaint_async`], the same loop.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn inpaint(
         &self,
@@ -490,28 +581,112 @@ impl StableDiffusion {
         progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
     ) -> Result<RgbImage, PipelineError> {
         let scheduler = self.checked_scheduler(image, mask, options)?;
-        let (w, h) = (image.width, image.height);
-        if !(0..w * h).any(|i| mask.is_hole(i)) {
-            return Ok(image.clone());
-        }
-        let report = |p: Progress, progress: &mut dyn FnMut(Progress) -> ControlFlow<()>| {
-            match progress(p) {
-                ControlFlow::Continue(()) => Ok(()),
-                ControlFlow::Break(()) => Err(PipelineError::Cancelled),
-            }
+        // 0. the canvas: the photo, grown for outpainting (new pixels are hole)
+        let extended;
+        let (canvas_in, mask) = if options.extend.is_zero() {
+            (image, mask)
+        } else {
+            extended = regions::extend_canvas(image, mask, options.extend);
+            (&extended.0, &extended.1)
         };
+        let plan = regions::plan(
+            mask,
+            self.working_size,
+            options.context,
+            options.region,
+            options.seed,
+        );
+        let mut canvas = canvas_in.clone();
+        let count = plan.len();
+        for (index, region) in plan.into_iter().enumerate() {
+            report(
+                Progress::Region {
+                    index,
+                    count,
+                    region,
+                },
+                progress,
+            )?;
+            // 1. the region's pixels, seeing earlier regions' results; scaled to fit the model
+            let rect = region.rect;
+            let whole = rect
+                == Rect {
+                    x: 0,
+                    y: 0,
+                    width: canvas.width,
+                    height: canvas.height,
+                };
+            let (crop, crop_mask) = if whole {
+                (canvas.clone(), mask.clone())
+            } else {
+                (
+                    regions::crop_image(&canvas, rect),
+                    regions::crop_mask(mask, rect),
+                )
+            };
+            let (run_image, run_mask) = if region.is_scaled() {
+                (
+                    regions::resize(&crop, region.run_width, region.run_height, Filter::Area)
+                        .map_err(|e| PipelineError::Device(e.to_string()))?,
+                    regions::downscale_mask(&crop_mask, region.run_width, region.run_height),
+                )
+            } else {
+                (crop, crop_mask)
+            };
+            // 2. the method on it
+            let raw = self
+                .run_pass(
+                    &run_image,
+                    &run_mask,
+                    options,
+                    region.seed,
+                    &scheduler,
+                    progress,
+                )
+                .await?;
+            // 3. back to the region's size, blended into the canvas
+            let result = if region.is_scaled() {
+                regions::resize(&raw, rect.width, rect.height, Filter::Lanczos3)
+                    .map_err(|e| PipelineError::Device(e.to_string()))?
+            } else {
+                raw
+            };
+            regions::blend(
+                &mut canvas,
+                rect,
+                &result,
+                mask,
+                options.feather,
+                options.paste_back,
+            );
+        }
+        Ok(canvas)
+    }
+
+    /// One pass of the method (SPEC.md) over `image`: the raw decoded image (no paste-back)
+    /// at the image's size.
+    async fn run_pass(
+        &self,
+        image: &RgbImage,
+        mask: &MaskImage,
+        options: &InpaintOptions,
+        seed: u64,
+        scheduler: &DdimScheduler,
+        progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
+    ) -> Result<RgbImage, PipelineError> {
+        let (w, h) = (image.width, image.height);
         let device = &self.device;
 
-        // 0. working size: pad right / bottom to the model's multiple (edge pixels, known)
+        // 0. working size: pad right / bottom to the model's multiple by edge replication of
+        //    the image and the mask together (a hole at the edge continues into the padding)
         let m = self.size_multiple;
         let (wp, hp) = (w.div_ceil(m) * m, h.div_ceil(m) * m);
         let mut x = vec![0f32; 3 * hp * wp]; // y = M_p * x, [3, hp, wp]
         let mut known = vec![0f32; hp * wp]; // M_p
         for yy in 0..hp {
             for xx in 0..wp {
-                let (sy, sx) = (yy.min(h - 1), xx.min(w - 1));
-                let src = sy * w + sx;
-                let is_known = yy >= h || xx >= w || !mask.is_hole(src);
+                let src = yy.min(h - 1) * w + xx.min(w - 1);
+                let is_known = !mask.is_hole(src);
                 known[yy * wp + xx] = if is_known { 1.0 } else { 0.0 };
                 for c in 0..3 {
                     let v = image.data[src * 3 + c] as f32 / 127.5 - 1.0;
@@ -549,7 +724,7 @@ impl StableDiffusion {
         let (lh, lw) = (hp / self.vae_factor, wp / self.vae_factor);
         let shape = [1, self.latent_channels, lh, lw];
         let mut z = Tensor::<4>::from_data(
-            TensorData::new(crate::rng::randn(options.seed, &shape), shape),
+            TensorData::new(crate::rng::randn(seed, &shape), shape),
             device,
         );
         let total = scheduler.timesteps().len();
@@ -589,26 +764,37 @@ impl StableDiffusion {
             )?;
         }
 
-        // 4. decode, to bytes, crop, paste back
+        // 4. decode, to bytes, crop
         report(Progress::Stage(Stage::Decoding), progress)?;
         let decoded = self.vae.decode(z / sf).clamp(-1.0, 1.0); // [1, 3, hp, wp]
         let values = read_f32(decoded, "the decoded image").await?;
-        let mut out = image.clone();
+        let mut out = vec![0u8; w * h * 3];
         for yy in 0..h {
             for xx in 0..w {
-                let i = yy * w + xx;
-                if options.paste_back && !mask.is_hole(i) {
-                    continue;
-                }
                 for c in 0..3 {
                     let v = values[(c * hp + yy) * wp + xx];
-                    out.data[i * 3 + c] = ((v + 1.0) / 2.0 * 255.0)
+                    out[(yy * w + xx) * 3 + c] = ((v + 1.0) / 2.0 * 255.0)
                         .round_ties_even()
                         .clamp(0.0, 255.0) as u8;
                 }
             }
         }
-        Ok(out)
+        Ok(RgbImage {
+            width: w,
+            height: h,
+            data: out,
+        })
+    }
+}
+
+/// Passes one progress event to the caller; `Break` becomes [`PipelineError::Cancelled`].
+fn report(
+    p: Progress,
+    progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
+) -> Result<(), PipelineError> {
+    match progress(p) {
+        ControlFlow::Continue(()) => Ok(()),
+        ControlFlow::Break(()) => Err(PipelineError::Cancelled),
     }
 }
 

@@ -58,6 +58,7 @@ fn pipeline_matches_python_spec_reference() {
                 dilation: case["dilation"].as_u64().unwrap() as usize,
                 paste_back: true,
                 preview: true,
+                ..Default::default()
             };
             let mut steps_seen = 0;
             let got = sd
@@ -102,6 +103,24 @@ fn pipeline_matches_python_spec_reference() {
                 known_diff, 0,
                 "{name} on {device_name}: known pixels changed"
             );
+            // The padding leak case: the old padding (edge pixels counted as known) copied
+            // the object under a hole at the edge back into the result; the generator keeps
+            // that output to prove the case would show it.
+            let leaky = dir.join(format!("{name}.leaky.png"));
+            if leaky.exists() {
+                let leaky = load_rgb(&leaky);
+                let leak = (0..image.width * image.height)
+                    .filter(|&i| mask.is_hole(i))
+                    .flat_map(|i| (0..3).map(move |c| i * 3 + c))
+                    .map(|j| got.data[j].abs_diff(leaky.data[j]))
+                    .max()
+                    .unwrap();
+                eprintln!("e2e {name}: the leaky padding would differ by {leak}/255");
+                assert!(
+                    leak > 10,
+                    "{name}: the result is as close to the leaky padding's as to the reference ({leak})"
+                );
+            }
         }
     }
 }
