@@ -5,14 +5,75 @@ use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use image::ImageFormat;
+use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits};
 use nullpaint::pipeline::{MaskImage, RgbImage};
 
-/// Reads any image the `image` crate decodes, as 8-bit RGB (alpha dropped, not composited).
+/// The largest picture read, in pixels: 2^28 = 268,435,456 (16384 x 16384, above any phone or
+/// camera photo). A file whose header claims more is refused before its pixels are decoded: a
+/// few bytes of PNG can claim gigabytes (a "decompression bomb").
+pub const MAX_PIXELS: u64 = 1 << 28;
+
+/// The most memory a decoder may allocate (the `image` crate's `Limits::max_alloc`): 4 GiB,
+/// enough for [`MAX_PIXELS`] of 16-bit RGBA (2 GiB) plus the decoder's own buffers.
+pub const MAX_DECODER_ALLOC: u64 = 4 << 30;
+
+/// Decodes `path` (`what`: "image" or "mask", for the messages) upright: the format is guessed
+/// from the content (then the extension), the size is checked against [`MAX_PIXELS`], and the
+/// EXIF orientation that the `image` crate reads (JPEG APP1, PNG eXIf before the pixel data,
+/// WebP EXIF chunk) is applied, as browsers and PIL's `ImageOps.exif_transpose` do. An EXIF
+/// block that cannot be read is ignored (the picture is taken as stored), as browsers do.
+/// Colour type and bit depth are kept; callers convert.
+fn decode_upright(path: &Path, what: &str) -> Result<DynamicImage> {
+    let context = || format!("cannot read the {what} {}", path.display());
+    let mut reader = ImageReader::open(path)
+        .with_context(context)?
+        .with_guessed_format()
+        .with_context(context)?;
+    let mut limits = Limits::no_limits();
+    limits.max_alloc = Some(MAX_DECODER_ALLOC);
+    reader.limits(limits);
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(explain_limits)
+        .with_context(context)?;
+    let (width, height) = decoder.dimensions();
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > MAX_PIXELS {
+        bail!(
+            "the {what} {} is {width}x{height} ({pixels} pixels): more than the {MAX_PIXELS} \
+             pixels (2^28, e.g. 16384x16384) nullpaint reads; a damaged file or a decompression \
+             bomb?",
+            path.display()
+        );
+    }
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder)
+        .map_err(explain_limits)
+        .with_context(context)?;
+    img.apply_orientation(orientation);
+    Ok(img)
+}
+
+/// The `image` crate's limit errors say "memory limit exceeded" without the limit: name it.
+fn explain_limits(e: ImageError) -> anyhow::Error {
+    match e {
+        ImageError::Limits(_) => anyhow::Error::new(e).context(format!(
+            "the decoder would need more than {} GiB of memory (a damaged file or a decompression bomb?)",
+            MAX_DECODER_ALLOC >> 30
+        )),
+        e => anyhow::Error::new(e),
+    }
+}
+
+/// Reads any image the `image` crate decodes, upright (EXIF orientation applied), as 8-bit RGB:
+/// alpha dropped (not composited), gray replicated to R = G = B, palettes looked up, low bit
+/// depths scaled to 0..255, 16-bit samples rounded to 8 bits as `round(v * 255 / 65535)`
+/// (`(v + 128) / 257`, the `image` crate's conversion; PIL instead keeps the high byte of 16-bit
+/// RGB and clips 16-bit gray, which this does not copy).
 pub fn load_image(path: &Path) -> Result<RgbImage> {
-    let img =
-        image::open(path).with_context(|| format!("cannot read the image {}", path.display()))?;
-    let rgb = img.to_rgb8();
+    let rgb = decode_upright(path, "image")?.to_rgb8();
     Ok(RgbImage {
         width: rgb.width() as usize,
         height: rgb.height() as usize,
@@ -20,11 +81,13 @@ pub fn load_image(path: &Path) -> Result<RgbImage> {
     })
 }
 
-/// Reads a mask: grayscale as is; colour converted with PIL's `convert("L")` weights
-/// (ITU-R 601-2), as diffusers does; alpha ignored.
+/// Reads a mask, upright (EXIF orientation applied, as for the image): grayscale as is (16-bit
+/// gray rounded to 8 bits as in [`load_image`]); colour converted with PIL's `convert("L")`
+/// weights (ITU-R 601-2, `(19595 R + 38470 G + 7471 B + 0x8000) >> 16`), as diffusers does, on
+/// the 8-bit RGB that [`load_image`] would give (so a 16-bit colour mask is first rounded to 8
+/// bits per channel); alpha ignored.
 pub fn load_mask(path: &Path) -> Result<MaskImage> {
-    let img =
-        image::open(path).with_context(|| format!("cannot read the mask {}", path.display()))?;
+    let img = decode_upright(path, "mask")?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     let data = if img.color().has_color() {
         img.to_rgb8()
@@ -128,6 +191,22 @@ impl PendingOutput {
         })
     }
 
+    /// A one-line warning when the output format is lossy, for the CLI to print before the
+    /// model runs: JPEG (the `image` crate's encoder, quality 75) changes every pixel, the
+    /// known ones included. PNG and BMP are lossless, and so is WebP here: the `image` crate
+    /// 0.25 encodes WebP only losslessly (VP8L, `WebPEncoder::new_lossless`), so `.webp` gets
+    /// no warning.
+    pub fn lossy_warning(&self) -> Option<String> {
+        match self.format {
+            ImageFormat::Jpeg => Some(format!(
+                "{}: JPEG is lossy (quality 75): the known pixels will not be byte-identical to \
+                 the input; use .png (or .webp, .bmp) to keep them",
+                self.path.display()
+            )),
+            _ => None,
+        }
+    }
+
     /// Encodes the image into the temporary file, then renames it over the output.
     pub fn commit(mut self, image: &RgbImage) -> Result<()> {
         let buffer =
@@ -148,5 +227,233 @@ impl Drop for PendingOutput {
         if !self.committed {
             let _ = std::fs::remove_file(&self.tmp);
         }
+    }
+}
+
+/// Every file of `tests/fixtures/inputs/` (written by `tests/fixtures/generate_inputs.py` with
+/// Pillow and numpy) read here and compared with the reference the generator computed.
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn inputs() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/inputs")
+    }
+
+    /// Images: (file, reference, tolerance = max abs difference per channel). JPEG references
+    /// are PIL's (libjpeg-turbo) decode of the same file, transposed; zune-jpeg differs from it
+    /// by IDCT rounding (4:4:4), and by chroma upsampling as well (4:2:0).
+    const IMAGES: &[(&str, &str, u8)] = &[
+        ("upright.png", "upright.png", 0),
+        ("orient1.png", "orient1.png.ref.png", 0),
+        ("orient2.png", "orient2.png.ref.png", 0),
+        ("orient3.png", "orient3.png.ref.png", 0),
+        ("orient4.png", "orient4.png.ref.png", 0),
+        ("orient5.png", "orient5.png.ref.png", 0),
+        ("orient6.png", "orient6.png.ref.png", 0),
+        ("orient7.png", "orient7.png.ref.png", 0),
+        ("orient8.png", "orient8.png.ref.png", 0),
+        ("orient3.jpg", "orient3.jpg.ref.png", 3),
+        ("orient6.jpg", "orient6.jpg.ref.png", 3),
+        ("orient8.jpg", "orient8.jpg.ref.png", 3),
+        ("orient6-mm-420.jpg", "orient6-mm-420.jpg.ref.png", 5),
+        ("orient3.webp", "orient3.webp.ref.png", 0),
+        ("orient6.webp", "orient6.webp.ref.png", 0),
+        ("rgb16.png", "rgb16.png.rgb.png", 0),
+        ("rgba16.png", "rgba16.png.rgb.png", 0),
+        ("gray16.png", "gray16.png.rgb.png", 0),
+        ("la16.png", "la16.png.rgb.png", 0),
+        ("gray8.png", "gray8.png.rgb.png", 0),
+        ("la8.png", "la8.png.rgb.png", 0),
+        ("palette.png", "palette.png.rgb.png", 0),
+        ("palette-trns.png", "palette-trns.png.rgb.png", 0),
+        ("gray1.png", "gray1.png.rgb.png", 0),
+    ];
+
+    /// Masks: (file, reference), exact.
+    const MASKS: &[(&str, &str)] = &[
+        ("mask-upright.png", "mask-upright.png"),
+        ("mask-orient6.png", "mask-orient6.png.ref.png"),
+        ("rgb16.png", "rgb16.png.mask.png"),
+        ("rgba16.png", "rgba16.png.mask.png"),
+        ("gray16.png", "gray16.png.mask.png"),
+        ("la16.png", "la16.png.mask.png"),
+        ("gray8.png", "gray8.png.mask.png"),
+        ("la8.png", "la8.png.mask.png"),
+        ("palette.png", "palette.png.mask.png"),
+        ("palette-trns.png", "palette-trns.png.mask.png"),
+        ("gray1.png", "gray1.png.mask.png"),
+    ];
+
+    fn max_diff(a: &[u8], b: &[u8]) -> u8 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| x.abs_diff(*y))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Every fixture compared with its reference; all the failures listed at once.
+    #[test]
+    fn images_load_upright_as_8_bit_rgb_like_the_reference() {
+        let mut failures = Vec::new();
+        for &(file, reference, tolerance) in IMAGES {
+            let got = load_image(&inputs().join(file)).unwrap();
+            let want = image::open(inputs().join(reference)).unwrap().to_rgb8();
+            let want_size = (want.width() as usize, want.height() as usize);
+            if (got.width, got.height) != want_size {
+                failures.push(format!(
+                    "{file}: {}x{}, want {}x{}",
+                    got.width, got.height, want_size.0, want_size.1
+                ));
+                continue;
+            }
+            let d = max_diff(&got.data, want.as_raw());
+            if d > tolerance {
+                failures.push(format!(
+                    "{file}: differs from {reference} by up to {d} (tolerance {tolerance})"
+                ));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn orientation_fixtures_are_stored_other_than_upright() {
+        // Without the EXIF orientation, every fixture but orientation 1 reads wrong: the test
+        // above would catch an `image` crate that silently stopped reporting it.
+        for &(file, reference, tolerance) in IMAGES {
+            if !file.starts_with("orient") || file.starts_with("orient1.") {
+                continue;
+            }
+            let raw = image::open(inputs().join(file)).unwrap().to_rgb8();
+            let want = image::open(inputs().join(reference)).unwrap().to_rgb8();
+            let same = raw.dimensions() == want.dimensions()
+                && max_diff(raw.as_raw(), want.as_raw()) <= tolerance;
+            assert!(!same, "{file} decodes upright even without its orientation");
+        }
+    }
+
+    #[test]
+    fn masks_load_upright_as_pil_convert_l() {
+        let mut failures = Vec::new();
+        for &(file, reference) in MASKS {
+            let got = load_mask(&inputs().join(file)).unwrap();
+            let want = image::open(inputs().join(reference)).unwrap().to_luma8();
+            let want_size = (want.width() as usize, want.height() as usize);
+            if (got.width, got.height) != want_size {
+                failures.push(format!(
+                    "{file}: {}x{}, want {}x{}",
+                    got.width, got.height, want_size.0, want_size.1
+                ));
+            } else if got.data != *want.as_raw() {
+                failures.push(format!("{file}: values differ from {reference}"));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn every_fixture_of_inputs_json_is_checked() {
+        let json = std::fs::read_to_string(inputs().join("inputs.json")).unwrap();
+        let key = "\"file\": \"";
+        let listed: Vec<&str> = json
+            .match_indices(key)
+            .map(|(i, _)| {
+                let rest = &json[i + key.len()..];
+                &rest[..rest.find('"').unwrap()]
+            })
+            .collect();
+        assert!(listed.len() > 20, "inputs.json lists {listed:?}");
+        for file in &listed {
+            let checked = IMAGES.iter().any(|e| e.0 == *file)
+                || MASKS.iter().any(|e| e.0 == *file)
+                || file.starts_with("bomb-");
+            assert!(checked, "{file} of inputs.json has no test");
+        }
+        for file in IMAGES.iter().map(|e| e.0).chain(MASKS.iter().map(|e| e.0)) {
+            assert!(listed.contains(&file), "{file} is not in inputs.json");
+        }
+    }
+
+    #[test]
+    fn a_decompression_bomb_is_refused_before_decoding() {
+        let path = inputs().join("bomb-20000x20000.png");
+        for message in [
+            format!("{:#}", load_image(&path).unwrap_err()),
+            format!("{:#}", load_mask(&path).unwrap_err()),
+        ] {
+            assert!(message.contains("bomb-20000x20000.png"), "{message}");
+            assert!(message.contains("20000x20000"), "{message}");
+            assert!(message.contains("268435456"), "{message}");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_file() {
+        let dir = std::env::temp_dir().join(format!("nullpaint-io-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing.png");
+        let e = format!("{:#}", load_image(&missing).unwrap_err());
+        assert!(
+            e.contains("cannot read the image") && e.contains("missing.png"),
+            "{e}"
+        );
+        let text = dir.join("notes.png");
+        std::fs::write(&text, "not a picture").unwrap();
+        let e = format!("{:#}", load_mask(&text).unwrap_err());
+        assert!(
+            e.contains("cannot read the mask") && e.contains("notes.png"),
+            "{e}"
+        );
+        let truncated = dir.join("truncated.jpg");
+        let jpeg = std::fs::read(inputs().join("orient6.jpg")).unwrap();
+        std::fs::write(&truncated, &jpeg[..jpeg.len() / 3]).unwrap();
+        let e = format!("{:#}", load_image(&truncated).unwrap_err());
+        assert!(e.contains("truncated.jpg"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_jpeg_output_is_lossy() {
+        let dir = std::env::temp_dir().join(format!("nullpaint-lossy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, lossy) in [
+            ("out.jpg", true),
+            ("out.JPEG", true),
+            ("out.png", false),
+            ("out.webp", false),
+            ("out.bmp", false),
+        ] {
+            let output = PendingOutput::create(&dir.join(name), &[]).unwrap();
+            let warning = output.lossy_warning();
+            assert_eq!(warning.is_some(), lossy, "{name}: {warning:?}");
+            if let Some(w) = warning {
+                assert!(
+                    w.contains("lossy") && w.contains(".png") && !w.contains('\n'),
+                    "{w}"
+                );
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn webp_output_is_lossless_indeed() {
+        // The claim behind "no warning for .webp": what commit writes reads back identical.
+        let dir = std::env::temp_dir().join(format!("nullpaint-webp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let image = load_image(&inputs().join("rgb16.png")).unwrap();
+        let path = dir.join("out.webp");
+        PendingOutput::create(&path, &[])
+            .unwrap()
+            .commit(&image)
+            .unwrap();
+        let back = load_image(&path).unwrap();
+        assert_eq!((back.width, back.height), (image.width, image.height));
+        assert_eq!(back.data, image.data);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
