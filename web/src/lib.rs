@@ -454,7 +454,9 @@ mod tests {
             (o.region, o.context, o.feather, o.extend),
             (d.region, d.context, d.feather, d.extend)
         );
-        let o = parse(r#"{"prompt":"a","region":"crop","context":64,"feather":8,"extend":[1,2,3,4]}"#).unwrap();
+        let o =
+            parse(r#"{"prompt":"a","region":"crop","context":64,"feather":8,"extend":[1,2,3,4]}"#)
+                .unwrap();
         assert_eq!(o.region, nullpaint::regions::RegionMode::Crop);
         assert_eq!((o.context, o.feather), (64, 8));
         assert_eq!(
@@ -480,7 +482,10 @@ mod tests {
             (r#"{"prompt":"a","seed":"18446744073709551616"}"#, "2^64-1"),
             (r#"{"prompt":"a","seed":true}"#, "not a number"),
             (r#"{"prompt":"a","guidance":7}"#, "unknown field `guidance`"),
-            (r#"{"prompt":"a","region":"tiles"}"#, "region mode \"tiles\""),
+            (
+                r#"{"prompt":"a","region":"tiles"}"#,
+                "region mode \"tiles\"",
+            ),
             (r#"{"prompt":"a","extend":[1,2,3]}"#, "invalid length 3"),
             (r#"{"prompt":"a","feather":-1}"#, "integer `-1`"),
             (r#"{"steps":4}"#, "missing field `prompt`"),

@@ -10,11 +10,11 @@ use std::ops::ControlFlow;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::kernel::{self, StepParams};
-use crate::regions::{self, Filter, Rect};
 use crate::models::ConfigError;
 use crate::models::clip::{ClipTextConfig, ClipTextModel};
 use crate::models::unet_2d::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::models::vae::{AutoencoderKL, AutoencoderKLConfig};
+use crate::regions::{self, Filter, Rect};
 use crate::schedulers::{DdimScheduler, Scheduler, SchedulerError};
 use crate::tokenizer::{ClipTokenizer, TokenizerError, TokenizerFiles};
 use crate::weights::{KeyMap, TensorSource, WeightError, load_module};
@@ -476,10 +476,7 @@ impl StableDiffusion {
         {
             return invalid(
                 "extend",
-                format!(
-                    "{e} pixels: at most {} per side",
-                    regions::MAX_EXTEND
-                ),
+                format!("{e} pixels: at most {} per side", regions::MAX_EXTEND),
             );
         }
         let (cw, ch) = e

@@ -143,7 +143,11 @@ impl FromStr for Extend {
 
 impl fmt::Display for Extend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{},{},{},{}", self.left, self.top, self.right, self.bottom)
+        write!(
+            f,
+            "{},{},{},{}",
+            self.left, self.top, self.right, self.bottom
+        )
     }
 }
 
@@ -451,8 +455,26 @@ pub struct ResizeError {
     pub message: String,
 }
 
-/// `image` resampled to `width x height` by `filter` (separable convolution, as Pillow's).
+/// `image` resampled to `width x height` by `filter`: separable convolution as Pillow's,
+/// the horizontal pass first into an 8-bit intermediate, then the vertical pass.
+/// (`fast_image_resize` alone runs 8-bit images vertical-first, which rounds and clips the
+/// intermediate differently from Pillow by up to 6 levels next to sharp edges.)
 pub fn resize(
+    image: &RgbImage,
+    width: usize,
+    height: usize,
+    filter: Filter,
+) -> Result<RgbImage, ResizeError> {
+    let horizontal = resize_pass(image, width, image.height, filter)?;
+    resize_pass(&horizontal, width, height, filter).map_err(|e| ResizeError {
+        from_width: image.width,
+        from_height: image.height,
+        ..e
+    })
+}
+
+/// One call of the resampler; with one side unchanged, one pass.
+fn resize_pass(
     image: &RgbImage,
     width: usize,
     height: usize,
@@ -468,15 +490,15 @@ pub fn resize(
     if (width, height) == (image.width, image.height) {
         return Ok(image.clone());
     }
-    let too_big = |v: usize| u32::try_from(v).map_err(|_| error(format!("{v} is too large")));
+    let side = |v: usize| u32::try_from(v).map_err(|_| error(format!("{v} is too large")));
     let src = ImageRef::new(
-        too_big(image.width)?,
-        too_big(image.height)?,
+        side(image.width)?,
+        side(image.height)?,
         &image.data,
         PixelType::U8x3,
     )
     .map_err(|e| error(e.to_string()))?;
-    let mut dst = Image::new(too_big(width)?, too_big(height)?, PixelType::U8x3);
+    let mut dst = Image::new(side(width)?, side(height)?, PixelType::U8x3);
     let filter = match filter {
         Filter::Area => FilterType::Box,
         Filter::Lanczos3 => FilterType::Lanczos3,
@@ -505,7 +527,11 @@ pub fn downscale_mask(mask: &MaskImage, width: usize, height: usize) -> MaskImag
         let (r0, r1) = span(oy, sh, height);
         for ox in 0..width {
             let (c0, c1) = span(ox, sw, width);
-            let hole = (r0..r1).any(|y| mask.data[y * sw + c0..y * sw + c1].iter().any(|&v| v >= 128));
+            let hole = (r0..r1).any(|y| {
+                mask.data[y * sw + c0..y * sw + c1]
+                    .iter()
+                    .any(|&v| v >= 128)
+            });
             data[oy * width + ox] = if hole { 255 } else { 0 };
         }
     }
@@ -658,13 +684,18 @@ mod tests {
     #[test]
     fn parts_are_eight_connected() {
         // two pixels touching at a corner are one part; a gap of one pixel makes two
-        let mut m = mask_with(10, 6, &[rect(1, 1, 2, 2), rect(3, 3, 1, 1), rect(6, 0, 1, 6)]);
+        let mut m = mask_with(
+            10,
+            6,
+            &[rect(1, 1, 2, 2), rect(3, 3, 1, 1), rect(6, 0, 1, 6)],
+        );
         m.data[5 * 10 + 9] = 200; // >= 128: hole
         m.data[0] = 127; // < 128: keep
         let parts = hole_parts(&m);
+        // in the order their first pixel is met, row by row
         assert_eq!(
             parts,
-            vec![rect(1, 1, 3, 3), rect(6, 0, 1, 6), rect(9, 5, 1, 1)]
+            vec![rect(6, 0, 1, 6), rect(1, 1, 3, 3), rect(9, 5, 1, 1)]
         );
     }
 
@@ -717,7 +748,10 @@ mod tests {
         assert_eq!(p[0].rect, rect(0, 0, 512, 400));
         assert!(!p[0].is_scaled());
         // crop on a small image: the region grows to the whole image
-        assert_eq!(plan(&m, 512, 128, RegionMode::Crop, 7)[0].rect, rect(0, 0, 512, 400));
+        assert_eq!(
+            plan(&m, 512, 128, RegionMode::Crop, 7)[0].rect,
+            rect(0, 0, 512, 400)
+        );
         // whole on a large image: one unscaled pass
         let big = mask_with(2000, 1000, &[rect(10, 10, 5, 5)]);
         let p = plan(&big, 512, 128, RegionMode::Whole, 7);
@@ -776,7 +810,12 @@ mod tests {
                 .map(|_| {
                     let (hw, hh) = (1 + lcg(&mut state) % 300, 1 + lcg(&mut state) % 300);
                     let (hw, hh) = (hw.min(w), hh.min(h));
-                    rect(lcg(&mut state) % (w - hw + 1), lcg(&mut state) % (h - hh + 1), hw, hh)
+                    rect(
+                        lcg(&mut state) % (w - hw + 1),
+                        lcg(&mut state) % (h - hh + 1),
+                        hw,
+                        hh,
+                    )
                 })
                 .collect();
             let m = mask_with(w, h, &holes);
@@ -795,15 +834,15 @@ mod tests {
                 }
             }
             for part in hole_parts(&m) {
-                let inside: Vec<_> = p
-                    .iter()
-                    .filter(|r| r.rect.overlaps(&part))
-                    .collect();
+                let inside: Vec<_> = p.iter().filter(|r| r.rect.overlaps(&part)).collect();
                 assert_eq!(inside.len(), 1, "case {case}: part {part:?} in {inside:?}");
                 let ctx = region_rect(part, w, h, 0, context);
                 let r = inside[0].rect;
                 assert!(
-                    r.x <= ctx.x && r.y <= ctx.y && r.right() >= ctx.right() && r.bottom() >= ctx.bottom(),
+                    r.x <= ctx.x
+                        && r.y <= ctx.y
+                        && r.right() >= ctx.right()
+                        && r.bottom() >= ctx.bottom(),
                     "case {case}: {r:?} lacks the context {ctx:?}"
                 );
             }
@@ -840,7 +879,15 @@ mod tests {
         assert_eq!(m.data, vec![255, 0, 255, 255, 255, 255, 255, 255, 255, 255]);
         assert_eq!(img.pixel(0, 0), [1, 2, 3]);
         assert_eq!(img.pixel(4, 1), [4, 5, 6]);
-        assert_eq!("3".parse::<Extend>(), Ok(Extend { left: 3, top: 3, right: 3, bottom: 3 }));
+        assert_eq!(
+            "3".parse::<Extend>(),
+            Ok(Extend {
+                left: 3,
+                top: 3,
+                right: 3,
+                bottom: 3
+            })
+        );
         assert!("1,2".parse::<Extend>().is_err());
         assert!("1,-2,3,4".parse::<Extend>().is_err());
     }
@@ -878,7 +925,8 @@ mod tests {
                 for hy in 0..r.height {
                     for hx in 0..r.width {
                         if m.is_hole_at(r.x + hx, r.y + hy) {
-                            let dd = (x as f64 - hx as f64).powi(2) + (y as f64 - hy as f64).powi(2);
+                            let dd =
+                                (x as f64 - hx as f64).powi(2) + (y as f64 - hy as f64).powi(2);
                             best = best.min(dd);
                         }
                     }

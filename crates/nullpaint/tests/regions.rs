@@ -459,10 +459,10 @@ fn region_options_are_checked() {
     assert!(e.contains("extend") && e.contains("8192"), "{e}");
     let e = err(InpaintOptions {
         extend: Extend {
-            left: 8000,
-            top: 8000,
-            right: 8000,
-            bottom: 8000,
+            left: 8192,
+            top: 8192,
+            right: 8192,
+            bottom: 8192,
         },
         ..Default::default()
     });
