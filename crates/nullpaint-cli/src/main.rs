@@ -281,15 +281,17 @@ fn inpaint(args: InpaintArgs) -> Result<()> {
                     } else {
                         String::new()
                     };
-                    bar.println(format!(
-                        "region {}/{count}: {}x{} at ({}, {}){scaled}, seed {}",
-                        index + 1,
-                        r.width,
-                        r.height,
-                        r.x,
-                        r.y,
-                        region.seed
-                    ));
+                    bar.suspend(|| {
+                        eprintln!(
+                            "region {}/{count}: {}x{} at ({}, {}){scaled}, seed {}",
+                            index + 1,
+                            r.width,
+                            r.height,
+                            r.x,
+                            r.y,
+                            region.seed
+                        )
+                    });
                 }
             }
             Progress::Stage(Stage::EncodingPrompt) => bar.set_message("prompt"),
