@@ -275,7 +275,7 @@ fn inpaint(args: InpaintArgs) -> Result<()> {
                 bar.set_length((args.steps * count) as u64);
                 bar.set_position((args.steps * index) as u64);
                 let r = region.rect;
-                if count > 1 || (r.width, r.height) != (sd_canvas.0, sd_canvas.1) {
+                if count > 1 || region.is_scaled() || (r.width, r.height) != sd_canvas {
                     let scaled = if region.is_scaled() {
                         format!(", runs at {}x{}", region.run_width, region.run_height)
                     } else {

@@ -5,22 +5,14 @@
 //! one by one by the unit tests of `src/io.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::{fixtures, tempdir};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
 fn input(name: &str) -> PathBuf {
     fixtures().join("inputs").join(name)
-}
-
-fn tempdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("nullpaint-inputs-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// `nullpaint inpaint` on tiny-sd1, one CPU step, seed 7, writing `output` in `dir`.

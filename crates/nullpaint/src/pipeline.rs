@@ -491,25 +491,13 @@ impl StableDiffusion {
                 ),
             );
         }
-        if options.context > regions::MAX_CONTEXT {
-            return invalid(
-                "context",
-                format!(
-                    "{} pixels (at most {})",
-                    options.context,
-                    regions::MAX_CONTEXT
-                ),
-            );
-        }
-        if options.feather > regions::MAX_FEATHER {
-            return invalid(
-                "feather",
-                format!(
-                    "{} pixels (at most {})",
-                    options.feather,
-                    regions::MAX_FEATHER
-                ),
-            );
+        for (what, value, max) in [
+            ("context", options.context, regions::MAX_CONTEXT),
+            ("feather", options.feather, regions::MAX_FEATHER),
+        ] {
+            if value > max {
+                return invalid(what, format!("{value} pixels (at most {max})"));
+            }
         }
         if options.feather > options.context
             && regions::uses_regions(options.region, cw, ch, self.working_size)

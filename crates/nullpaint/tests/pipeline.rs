@@ -12,24 +12,6 @@ use nullpaint::pipeline::{
     FolderSource, InpaintOptions, MaskImage, Progress, RgbImage, StableDiffusion,
 };
 
-fn load_rgb(path: &std::path::Path) -> RgbImage {
-    let img = image::open(path).unwrap().to_rgb8();
-    RgbImage {
-        width: img.width() as usize,
-        height: img.height() as usize,
-        data: img.into_raw(),
-    }
-}
-
-fn load_mask(path: &std::path::Path) -> MaskImage {
-    let img = image::open(path).unwrap().to_luma8();
-    MaskImage {
-        width: img.width() as usize,
-        height: img.height() as usize,
-        data: img.into_raw(),
-    }
-}
-
 #[test]
 fn pipeline_matches_python_spec_reference() {
     let dir = common::fixtures().join("reference/e2e");
@@ -46,9 +28,9 @@ fn pipeline_matches_python_spec_reference() {
                 )
                 .unwrap()
             });
-            let image = load_rgb(&dir.join(format!("{name}.image.png")));
-            let mask = load_mask(&dir.join(format!("{name}.mask.png")));
-            let want = load_rgb(&dir.join(format!("{name}.out.png")));
+            let image = common::load_rgb(&dir.join(format!("{name}.image.png")));
+            let mask = common::load_mask(&dir.join(format!("{name}.mask.png")));
+            let want = common::load_rgb(&dir.join(format!("{name}.out.png")));
             let options = InpaintOptions {
                 prompt: case["prompt"].as_str().unwrap().into(),
                 negative_prompt: case["negative_prompt"].as_str().unwrap().into(),
@@ -108,7 +90,7 @@ fn pipeline_matches_python_spec_reference() {
             // that output to prove the case would show it.
             let leaky = dir.join(format!("{name}.leaky.png"));
             if leaky.exists() {
-                let leaky = load_rgb(&leaky);
+                let leaky = common::load_rgb(&leaky);
                 let leak = (0..image.width * image.height)
                     .filter(|&i| mask.is_hole(i))
                     .flat_map(|i| (0..3).map(move |c| i * 3 + c))

@@ -16,26 +16,6 @@ use nullpaint::pipeline::{
 };
 use nullpaint::regions::{self, Filter, Rect};
 
-fn load_rgb(path: &std::path::Path) -> RgbImage {
-    let img = image::open(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .to_rgb8();
-    RgbImage {
-        width: img.width() as usize,
-        height: img.height() as usize,
-        data: img.into_raw(),
-    }
-}
-
-fn load_mask(path: &std::path::Path) -> MaskImage {
-    let img = image::open(path).unwrap().to_luma8();
-    MaskImage {
-        width: img.width() as usize,
-        height: img.height() as usize,
-        data: img.into_raw(),
-    }
-}
-
 fn load(model: &str, device: &burn::tensor::Device) -> StableDiffusion {
     StableDiffusion::load(
         &FolderSource::new(common::fixtures().join(model)).unwrap(),
@@ -75,8 +55,8 @@ fn resampling_matches_pillow() {
         } else {
             panic!("{file}: filter {filter}")
         };
-        let src = load_rgb(&dir.join(source));
-        let want = load_rgb(&dir.join(&file));
+        let src = common::load_rgb(&dir.join(source));
+        let want = common::load_rgb(&dir.join(&file));
         let got = regions::resize(&src, want.width, want.height, filter).unwrap();
         let max = got
             .data
@@ -145,9 +125,9 @@ fn regions_match_python_spec_reference() {
                 case["working_size"].as_u64().unwrap(),
                 "working size of {model}"
             );
-            let image = load_rgb(&dir.join(format!("{name}.image.png")));
-            let mask = load_mask(&dir.join(format!("{name}.mask.png")));
-            let want = load_rgb(&dir.join(format!("{name}.out.png")));
+            let image = common::load_rgb(&dir.join(format!("{name}.image.png")));
+            let mask = common::load_mask(&dir.join(format!("{name}.mask.png")));
+            let want = common::load_rgb(&dir.join(format!("{name}.out.png")));
             let e: Vec<usize> = case["extend"]
                 .as_array()
                 .unwrap()

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use nullpaint::pipeline::{MaskImage, RgbImage};
 use nullpaint::weights::{SafetensorsFile, TensorSource};
 
 /// `tests/fixtures` at the repository root.
@@ -134,4 +135,28 @@ pub fn assert_same_keys(
     got.iter()
         .map(|(_, s)| s.iter().product::<usize>() as u64)
         .sum()
+}
+
+/// An image file as 8-bit RGB.
+pub fn load_rgb(path: &std::path::Path) -> RgbImage {
+    let img = image::open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .to_rgb8();
+    RgbImage {
+        width: img.width() as usize,
+        height: img.height() as usize,
+        data: img.into_raw(),
+    }
+}
+
+/// A mask file as 8-bit luminance.
+pub fn load_mask(path: &std::path::Path) -> MaskImage {
+    let img = image::open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .to_luma8();
+    MaskImage {
+        width: img.width() as usize,
+        height: img.height() as usize,
+        data: img.into_raw(),
+    }
 }
