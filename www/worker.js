@@ -2,6 +2,7 @@
 // stays responsive while models download, load and run. Protocol (page -> worker):
 //   init | list | download {endpoint, repo, revision, chunkBytes} | import {name, entries}
 //   | delete {id} | load {id} | tokens {prompt} | run {width, height, rgba, mask, options} | cancel
+// (run: the photo and mask at full resolution; the reply carries the result's own width and height)
 // Replies carry the request's `type` plus `ok: true` / `error`, or are progress events.
 
 import init, { Engine, Sha256, heapBytes } from "./pkg/nullpaint_web.js";
@@ -122,7 +123,9 @@ const handlers = {
         }
         return !b.cancelled;
       });
-      post({ type: "run", ok: true, width: m.width, height: m.height, rgba: result, seconds: (performance.now() - t0) / 1000 }, [result.buffer]);
+      // The result's own size: the photo's, plus the extension when one was asked for.
+      const { width, height, rgba } = result;
+      post({ type: "run", ok: true, width, height, rgba, seconds: (performance.now() - t0) / 1000 }, [rgba.buffer]);
     });
   },
 

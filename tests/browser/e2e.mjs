@@ -2,9 +2,13 @@
 // adapter, SwiftShader): download the tiny model from a local stand-in for the Hugging Face Hub
 // through the model manager (interrupted once, then resumed), load it, open a photo, paint a
 // mask with the mouse, run, and compare the result with the native CLI's for the same photo,
-// mask, prompt and seed. Then reload: the model must load with no request for weights; then
-// damage one stored chunk: only that chunk may be fetched again. Finally, without WebGPU the
-// page must say so. Screenshots go to tests/browser/artifacts/ (or $NULLPAINT_ARTIFACTS).
+// mask, prompt and seed; cancel a run; outpaint (extend the canvas) and compare with the CLI.
+// Then reload: the model must load with no request for weights; then damage one stored chunk:
+// only that chunk may be fetched again. Then a 12-megapixel photo: zoom with the wheel, pan
+// (Space + drag, middle button), paint two small holes at known photo pixels, run by regions
+// at full resolution and compare with the CLI (every pixel outside the holes the photo's).
+// Finally, without WebGPU the page must say so. Screenshots go to tests/browser/artifacts/
+// (or $NULLPAINT_ARTIFACTS).
 //
 // Needs: www/pkg (python3 web/build.py), the native CLI ($NULLPAINT_CLI, default
 // $CARGO_TARGET_DIR/debug/nullpaint), Chromium ($CHROMIUM, default /usr/bin/chromium).
@@ -98,32 +102,77 @@ async function loadModel() {
 }
 
 async function run(name) {
+  const t0 = Date.now();
   await page.click("#run");
   await page.waitForFunction(() => {
     const t = document.getElementById("run-text").textContent;
     return t.startsWith("Done") || !document.getElementById("run-error").hidden || t === "Cancelled";
   });
   if (!(await page.locator("#run-error").isHidden())) await fail(`the run failed: ${await page.locator("#run-error").textContent()}`);
+  const ran = Date.now();
   const [download] = await Promise.all([page.waitForEvent("download"), page.click("#download")]);
   const path = join(ART, `${name}.png`);
   await download.saveAs(path);
-  return path;
+  return { path, seconds: (ran - t0) / 1000, downloadSeconds: (Date.now() - ran) / 1000 };
 }
 
-async function settings() {
-  await page.fill("#prompt", "a red apple on a wooden table");
+function cli(args) {
+  const t0 = Date.now();
+  execFileSync(CLI, ["inpaint", "--model", join(FIXTURES, "tiny-sd1"), "--backend", "cpu", ...args], { stdio: ["ignore", "inherit", "inherit"] });
+  return (Date.now() - t0) / 1000;
+}
+
+const PROMPT = "a red apple on a wooden table";
+async function settings({ steps = 4, extend = [0, 0, 0, 0] } = {}) {
+  await page.fill("#prompt", PROMPT);
   await page.fill("#negative-prompt", "blurry");
-  await page.fill("#steps", "4");
+  await page.fill("#steps", String(steps));
   await page.fill("#guidance", "7.5");
   await page.fill("#seed", "42");
   await page.fill("#dilation", "2");
+  await page.selectOption("#region", "auto");
+  await page.fill("#context", "128");
+  await page.fill("#feather", "0");
+  for (const [i, side] of ["left", "top", "right", "bottom"].entries()) {
+    await page.fill(`#extend-${side}`, String(extend[i]));
+    await page.dispatchEvent(`#extend-${side}`, "input");
+  }
+}
+const cliSettings = (steps) => [
+  "--prompt", PROMPT, "--negative-prompt", "blurry", "--steps", String(steps), "--guidance-scale", "7.5",
+  "--seed", "42", "--dilate", "2", "--region", "auto", "--context", "128", "--feather", "0",
+];
+
+async function setBrush(size) {
+  await page.fill("#brush-size", String(size));
+  await page.dispatchEvent("#brush-size", "input");
 }
 
-// Per-pixel comparison of two PNGs, decoded by the browser.
-async function compare(a, b, maskPath) {
-  const data = [a, b, maskPath].map((p) => readFileSync(p).toString("base64"));
-  return page.evaluate(async (pngs) => {
+// The editor's view ({ zoom, x, y }: screen = photo pixel * zoom + (x, y), from the canvas's
+// top-left corner) and the canvas's position on the page.
+async function editorView() {
+  const v = await page.evaluate(() => {
+    const v = window.nullpaint.editorView;
+    return { zoom: v.zoom, x: v.x, y: v.y, dpr: v.dpr, fitZoom: v.fitZoom(), drawMs: v.drawMs };
+  });
+  const box = await page.locator("#cursor-canvas").boundingBox();
+  return {
+    ...v, box,
+    toPage: (ix, iy) => [box.x + v.x + ix * v.zoom, box.y + v.y + iy * v.zoom],
+    toImage: (px, py) => [(px - box.x - v.x) / v.zoom, (py - box.y - v.y) / v.zoom],
+  };
+}
+const frames = () => page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
+
+// Per-pixel comparison of two PNGs of the same size, decoded by the browser. A pixel is a hole
+// where the mask PNG (the photo's size, placed at (left, top) of the extended canvas) is >= 128,
+// or outside the photo when the canvas was extended. With `inset`, b is the photo itself: only
+// the pixels of a inside the photo are compared with it.
+async function compare(a, b, maskPath, extend = [0, 0, 0, 0], inset = false) {
+  const data = [a, b, maskPath].map((p) => (p ? readFileSync(p).toString("base64") : null));
+  return page.evaluate(async ([pngs, [l, t, r, b], inset]) => {
     const pixels = async (b64) => {
+      if (!b64) return null;
       const blob = await (await fetch(`data:image/png;base64,${b64}`)).blob();
       const bmp = await createImageBitmap(blob, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
       const c = new OffscreenCanvas(bmp.width, bmp.height);
@@ -132,19 +181,59 @@ async function compare(a, b, maskPath) {
       return ctx.getImageData(0, 0, bmp.width, bmp.height);
     };
     const [x, y, m] = await Promise.all(pngs.map(pixels));
-    if (x.width !== y.width || x.height !== y.height) return { error: `sizes ${x.width}x${x.height} and ${y.width}x${y.height}` };
-    let maxHole = 0, maxKnown = 0, holes = 0;
-    for (let i = 0; i < x.width * x.height; i++) {
-      const hole = m.data[i * 4] >= 128;
-      holes += hole;
-      for (let c = 0; c < 3; c++) {
-        const d = Math.abs(x.data[i * 4 + c] - y.data[i * 4 + c]);
-        if (hole) maxHole = Math.max(maxHole, d);
-        else maxKnown = Math.max(maxKnown, d);
+    const pw = inset ? y.width : m ? m.width : x.width - l - r;
+    const ph = inset ? y.height : m ? m.height : x.height - t - b;
+    if (inset ? pw + l > x.width || ph + t > x.height : x.width !== y.width || x.height !== y.height) {
+      return { error: `sizes ${x.width}x${x.height} and ${y.width}x${y.height}` };
+    }
+    let maxHole = 0, maxKnown = 0, holes = 0, changedHoles = 0;
+    for (let yy = 0; yy < x.height; yy++) for (let xx = 0; xx < x.width; xx++) {
+      const px = xx - l, py = yy - t;
+      const inside = px >= 0 && py >= 0 && px < pw && py < ph;
+      if (inset && !inside) continue;
+      const hole = !inside || (m && m.data[(py * m.width + px) * 4] >= 128);
+      const i = (yy * x.width + xx) * 4;
+      const j = inset ? (py * y.width + px) * 4 : i;
+      let d = 0;
+      for (let c = 0; c < 3; c++) d = Math.max(d, Math.abs(x.data[i + c] - y.data[j + c]));
+      if (hole) {
+        holes++;
+        changedHoles += d > 0;
+        maxHole = Math.max(maxHole, d);
+      } else {
+        maxKnown = Math.max(maxKnown, d);
       }
     }
-    return { maxHole, maxKnown, holes, pixels: x.width * x.height };
-  }, data);
+    return { width: x.width, height: x.height, maxHole, maxKnown, holes, changedHoles, pixels: x.width * x.height };
+  }, [data, extend, inset]);
+}
+
+// Bounding boxes of the hole pixels of a mask PNG inside windows [x0, y0, x1, y1], and the count
+// of hole pixels outside every window.
+async function holeBoxes(maskPath, windows) {
+  return page.evaluate(async ([b64, windows]) => {
+    const blob = await (await fetch(`data:image/png;base64,${b64}`)).blob();
+    const bmp = await createImageBitmap(blob);
+    const c = new OffscreenCanvas(bmp.width, bmp.height);
+    const ctx = c.getContext("2d");
+    ctx.drawImage(bmp, 0, 0);
+    const d = ctx.getImageData(0, 0, bmp.width, bmp.height).data;
+    const boxes = windows.map(() => [Infinity, Infinity, -Infinity, -Infinity]);
+    let outside = 0;
+    for (let y = 0; y < bmp.height; y++) for (let x = 0; x < bmp.width; x++) {
+      if (d[(y * bmp.width + x) * 4] < 128) continue;
+      const k = windows.findIndex(([x0, y0, x1, y1]) => x >= x0 && y >= y0 && x < x1 && y < y1);
+      if (k < 0) { outside++; continue; }
+      const b = boxes[k];
+      b[0] = Math.min(b[0], x); b[1] = Math.min(b[1], y); b[2] = Math.max(b[2], x + 1); b[3] = Math.max(b[3], y + 1);
+    }
+    return { width: bmp.width, height: bmp.height, boxes, outside };
+  }, [readFileSync(maskPath).toString("base64"), windows]);
+}
+
+function pngSize(path) {
+  const b = readFileSync(path);
+  return { width: b.readUInt32BE(16), height: b.readUInt32BE(20) };
 }
 
 try {
@@ -184,15 +273,15 @@ try {
   check(info.weightsDType === adapter.dtype, `weights loaded as ${info.weightsDType} (stored f16, upcast per tensor without shader-f16)`);
   console.log(`     load: ${info.seconds.toFixed(2)} s on the GPU + ${info.verifySeconds.toFixed(2)} s checking chunks; wasm heap after load ${(info.heapBytes / 2 ** 20).toFixed(1)} MiB`);
 
+  check(info.workingSize === 128, `the model's working size is reported: ${info.workingSize} px (tiny-sd1: sample_size 16 x 8)`);
+
   // 4. photo, mask painted with the mouse, settings
-  await page.selectOption("#max-size", "0");
   const imagePath = join(FIXTURES, "reference/e2e/sd1_guided_64x64.image.png");
   await page.setInputFiles("#open-image", imagePath);
   await page.waitForSelector("#stage:not(.empty)");
-  await page.fill("#brush-size", "90");
-  await page.dispatchEvent("#brush-size", "input");
-  const box = await page.locator("#cursor-canvas").boundingBox();
-  const at = (fx, fy) => [box.x + box.width * fx, box.y + box.height * fy];
+  await setBrush(90);
+  let v = await editorView();
+  const at = (fx, fy) => v.toPage(64 * fx, 64 * fy);
   await page.mouse.move(...at(0.3, 0.35));
   await page.mouse.down();
   await page.mouse.move(...at(0.65, 0.6), { steps: 12 });
@@ -203,8 +292,7 @@ try {
   await page.mouse.move(...at(0.85, 0.3), { steps: 5 });
   await page.mouse.up();
   await page.click("#tool-eraser");
-  await page.fill("#brush-size", "30");
-  await page.dispatchEvent("#brush-size", "input");
+  await setBrush(30);
   await page.mouse.move(...at(0.5, 0.5));
   await page.mouse.down();
   await page.mouse.move(...at(0.55, 0.45), { steps: 3 });
@@ -216,15 +304,12 @@ try {
   await shot("03-mask");
 
   // 5. run in the browser and natively
-  const browserOut = await run("browser-result");
+  const small = await run("browser-result");
+  const browserOut = small.path;
   await shot("04-result");
   const runSeconds = await page.evaluate(() => window.nullpaint.lastRun.seconds);
   const nativeOut = join(ART, "native-result.png");
-  execFileSync(CLI, [
-    "inpaint", "--model", join(FIXTURES, "tiny-sd1"), "--image", imagePath, "--mask", maskPath,
-    "--prompt", "a red apple on a wooden table", "--negative-prompt", "blurry", "--steps", "4",
-    "--guidance-scale", "7.5", "--seed", "42", "--dilate", "2", "--backend", "cpu", "--output", nativeOut,
-  ], { stdio: ["ignore", "inherit", "inherit"] });
+  cli(["--image", imagePath, "--mask", maskPath, ...cliSettings(4), "--output", nativeOut]);
   const diff = await compare(browserOut, nativeOut, maskPath);
   if (diff.error) await fail(`browser and native results differ in size: ${diff.error}`);
   check(diff.holes > 0 && diff.holes < diff.pixels, `the painted mask has ${diff.holes} of ${diff.pixels} pixels to fill`);
@@ -236,13 +321,34 @@ try {
   // 5b. cancel: a long run stops at the next step
   await page.fill("#steps", "200");
   await page.click("#run");
-  await page.waitForFunction(() => /^Step [2-9]/.test(document.getElementById("run-text").textContent));
+  await page.waitForFunction(() => /step [2-9]/i.test(document.getElementById("run-text").textContent));
+  const during = await page.locator("#run-text").textContent();
   await page.click("#cancel");
   await page.waitForFunction(() => ["Cancelled"].includes(document.getElementById("run-text").textContent) || !document.getElementById("run-error").hidden);
   const cancelled = await page.locator("#run-text").textContent();
-  check(cancelled === "Cancelled" && (await page.locator("#run").isEnabled()), `Cancel stops a run and Run is available again (${cancelled})`);
+  check(cancelled === "Cancelled" && (await page.locator("#run").isEnabled()), `Cancel stops a run and Run is available again (${cancelled}; during the run: "${during}")`);
   await shot("04b-cancelled");
-  await page.fill("#steps", "4");
+
+  // 5c. outpainting: 64 px more on the right, no mask; the photo's pixels stay, the border is
+  //     generated; equal to the CLI's --extend 0,0,64,0
+  await page.click("#mask-clear");
+  await settings({ steps: 2, extend: [0, 0, 64, 0] });
+  await shot("04c-extend");
+  const outpaint = await run("browser-outpaint");
+  const outSize = pngSize(outpaint.path);
+  const kept = await compare(outpaint.path, imagePath, null, [0, 0, 64, 0], true);
+  const nativeOutpaint = join(ART, "native-outpaint.png");
+  cli(["--image", imagePath, ...cliSettings(2), "--extend", "0,0,64,0", "--output", nativeOutpaint]);
+  const outDiff = await compare(outpaint.path, nativeOutpaint, null, [0, 0, 64, 0]);
+  check(outSize.width === 128 && outSize.height === 64 && kept.maxKnown === 0 && outDiff.holes === 64 * 64 && outDiff.changedHoles > 0,
+    `outpainting [0, 0, 64, 0] downloads ${outSize.width}x${outSize.height} with the 64x64 photo unchanged (max |diff| ${kept.maxKnown})`);
+  check(!outDiff.error && outDiff.maxHole <= TOLERANCE && outDiff.maxKnown === 0,
+    `outpainting equals the CLI's --extend 0,0,64,0: max |diff| ${outDiff.maxHole} in the extension, ${outDiff.maxKnown} in the photo ${outDiff.error || ""} (run ${outpaint.seconds.toFixed(1)} s)`);
+  await shot("04d-outpainted");
+  await page.click("#use-result");
+  const edited = await page.evaluate(() => [window.nullpaint.photoSize(), document.getElementById("extend-right").value]);
+  check(edited[0].width === 128 && edited[0].height === 64 && edited[1] === "0",
+    `"Edit the result" continues from the extended result (${JSON.stringify(edited)})`);
 
   // 6. reload: no weight file fetched again
   await page.reload();
@@ -271,80 +377,198 @@ try {
   const want = `bytes=${damagedIndex * CHUNK}-${Math.min(unetSize, (damagedIndex + 1) * CHUNK) - 1}`;
   check(files.length === 1 && files[0].path === UNET && files[0].range === want && hub.log.length === 1,
     `a damaged chunk (${damaged.join(" #")}) is fetched again alone: ${JSON.stringify(hub.log)}; refetched ${JSON.stringify(info3.refetched)}`);
-  await page.selectOption("#max-size", "0");
   await page.setInputFiles("#open-image", imagePath);
   await page.waitForSelector("#stage:not(.empty)");
   await settings();
-  // the same mask again, from the saved PNG: paint is replaced by the file's pixels
-  await page.evaluate(async (b64) => {
-    const blob = await (await fetch(`data:image/png;base64,${b64}`)).blob();
-    const bmp = await createImageBitmap(blob);
-    const c = document.getElementById("mask-canvas");
-    const ctx = c.getContext("2d");
-    const tmp = new OffscreenCanvas(c.width, c.height).getContext("2d");
-    tmp.drawImage(bmp, 0, 0);
-    const src = tmp.getImageData(0, 0, c.width, c.height);
-    const out = ctx.createImageData(c.width, c.height);
-    for (let i = 0; i < src.data.length; i += 4) out.data.set([255, 0, 0, src.data[i]], i);
-    ctx.putImageData(out, 0, 0);
-  }, readFileSync(maskPath).toString("base64"));
+  // the same mask again, from the saved PNG ("Open mask…")
+  const changes = await page.evaluate(() => window.nullpaint.maskChanges);
+  await page.setInputFiles("#open-mask", maskPath);
+  await page.waitForFunction((n) => window.nullpaint.maskChanges > n, changes);
   const again = await run("browser-result-after-repair");
-  const diff2 = await compare(again, browserOut, maskPath);
-  check(diff2.maxHole === 0 && diff2.maxKnown === 0, `after the repair the result is the same as before (max |diff| ${diff2.maxHole})`);
+  const diff2 = await compare(again.path, browserOut, maskPath);
+  check(diff2.maxHole === 0 && diff2.maxKnown === 0, `after the repair the result is the same as before, with the mask loaded from its PNG (max |diff| ${diff2.maxHole})`);
   await shot("05-after-repair");
-  // 7b. a photo larger than the working size: the run is at 512 px, the download is the
-  //     original size with only the painted area replaced
-  const big = await page.evaluate(async () => {
-    const c = new OffscreenCanvas(700, 300);
+
+  // 7b. a 12-megapixel photo: smooth colours that tell where they are (red = x, green = y, blue
+  //     a fine wave) and a few shapes, made by the page and saved as PNG
+  const W = 4000, H = 3000;
+  const t0 = Date.now();
+  const bigB64 = await page.evaluate(async ([W, H]) => {
+    const c = new OffscreenCanvas(W, H);
     const ctx = c.getContext("2d");
-    const g = ctx.createLinearGradient(0, 0, 700, 300);
-    g.addColorStop(0, "#3060c0");
-    g.addColorStop(1, "#e0a040");
-    ctx.fillStyle = g;
-    ctx.fillRect(0, 0, 700, 300);
-    const blob = await c.convertToBlob({ type: "image/png" });
-    return Array.from(new Uint8Array(await blob.arrayBuffer()));
-  });
-  const bigPath = join(ART, "big-input.png");
-  writeFileSync(bigPath, Buffer.from(big));
-  await page.selectOption("#max-size", "512");
-  await page.setInputFiles("#open-image", bigPath);
-  await page.waitForFunction(() => document.getElementById("image-canvas").width === 512);
-  await page.fill("#brush-size", "60");
-  await page.dispatchEvent("#brush-size", "input");
-  await page.click("#tool-brush");
-  {
-    const b2 = await page.locator("#cursor-canvas").boundingBox();
-    await page.mouse.move(b2.x + b2.width * 0.45, b2.y + b2.height * 0.5);
-    await page.mouse.down();
-    await page.mouse.move(b2.x + b2.width * 0.55, b2.y + b2.height * 0.5, { steps: 4 });
-    await page.mouse.up();
-  }
-  await page.fill("#steps", "1");
-  const bigOut = await run("browser-result-full-size");
-  const label = await page.locator("#download").textContent();
-  const kept = await page.evaluate(async ([a, b]) => {
-    const px = async (bytes) => {
-      const bmp = await createImageBitmap(new Blob([new Uint8Array(bytes)]), { colorSpaceConversion: "none", premultiplyAlpha: "none" });
-      const c = new OffscreenCanvas(bmp.width, bmp.height);
-      const ctx = c.getContext("2d");
-      ctx.drawImage(bmp, 0, 0);
-      return ctx.getImageData(0, 0, bmp.width, bmp.height);
-    };
-    const [x, y] = await Promise.all([px(a), px(b)]);
-    let farDiff = 0, centreDiff = 0;
-    for (let yy = 0; yy < x.height; yy++) for (let xx = 0; xx < x.width; xx++) {
-      const i = (yy * x.width + xx) * 4;
-      const d = Math.max(...[0, 1, 2].map((c) => Math.abs(x.data[i + c] - y.data[i + c])));
-      if (xx < 150 || xx > 550) farDiff = Math.max(farDiff, d);
-      if (Math.abs(xx - 350) < 10 && Math.abs(yy - 150) < 10) centreDiff = Math.max(centreDiff, d);
+    const img = ctx.createImageData(W, H);
+    const d = img.data;
+    for (let y = 0; y < H; y++) for (let x = 0; x < W; x++) {
+      const i = (y * W + x) * 4;
+      d[i] = Math.round((x * 255) / (W - 1));
+      d[i + 1] = Math.round((y * 255) / (H - 1));
+      d[i + 2] = Math.round(128 + 100 * Math.sin(x / 23) * Math.cos(y / 17));
+      d[i + 3] = 255;
     }
-    return { width: y.width, height: y.height, farDiff, centreDiff };
-  }, [big, Array.from(readFileSync(bigOut))]);
-  check(kept.width === 700 && kept.height === 300 && kept.farDiff === 0 && kept.centreDiff > 0 && label.includes("700×300"),
-    `a 700x300 photo runs at 512 px and downloads at 700x300 with only the painted area changed (${JSON.stringify(kept)}, "${label}")`);
-  await shot("05b-full-size-download");
-  await page.fill("#steps", "4");
+    ctx.putImageData(img, 0, 0);
+    ctx.fillStyle = "#f4f1e8";
+    ctx.beginPath();
+    ctx.arc(3100, 2200, 380, 0, Math.PI * 2);
+    ctx.fill();
+    ctx.fillStyle = "#202a40";
+    ctx.fillRect(400, 2100, 900, 500);
+    // kept for the test: what the editor must display where
+    window.__big = ctx.getImageData(0, 0, W, H);
+    const bytes = new Uint8Array(await (await c.convertToBlob({ type: "image/png" })).arrayBuffer());
+    let s = "";
+    for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+    return btoa(s);
+  }, [W, H]);
+  const bigPath = join(ART, "big-input.png");
+  writeFileSync(bigPath, Buffer.from(bigB64, "base64"));
+  console.log(`     ${W}x${H} photo made in ${((Date.now() - t0) / 1000).toFixed(1)} s (${(statSync(bigPath).size / 1e6).toFixed(1)} MB PNG)`);
+  let t1 = Date.now();
+  await page.setInputFiles("#open-image", bigPath);
+  await page.waitForFunction(([W, H]) => window.nullpaint.photoSize()?.width === W && window.nullpaint.photoSize()?.height === H, [W, H]);
+  await frames();
+  const openSeconds = (Date.now() - t1) / 1000;
+  check((await page.locator("#photo-info").textContent()).includes(`${W}×${H}`), `the photo opens at its full ${W}x${H} (${openSeconds.toFixed(1)} s; no working-size select: ${await page.locator("#max-size").count() === 0})`);
+  await settings({ steps: 2 });
+
+  // zoom with the wheel around the cursor: the photo pixel under it stays under it
+  const fit = await editorView();
+  const A = [1600, 1100]; // where the first hole goes, in photo pixels
+  const P = fit.toPage(...A).map(Math.round); // mouse events land on whole CSS pixels
+  const underBefore = fit.toImage(...P);
+  await page.mouse.move(...P);
+  for (let i = 0; i < 4; i++) await page.mouse.wheel(0, -240);
+  await page.waitForFunction((z) => window.nullpaint.editorView.zoom > z * 4, fit.zoom);
+  await frames();
+  v = await editorView();
+  const underAfter = v.toImage(...P);
+  check(v.zoom > 1 && Math.hypot(underAfter[0] - underBefore[0], underAfter[1] - underBefore[1]) < 1e-6,
+    `the wheel zooms around the cursor: ${(fit.zoom * 100).toFixed(0)}% -> ${(v.zoom * 100).toFixed(0)}%, photo pixel (${underBefore.map((c) => c.toFixed(1))}) stays under the mouse`);
+  // the editor shows the photo's pixel there
+  const shown = await page.evaluate(([sx, sy, ix, iy]) => {
+    const view = document.getElementById("view-canvas").getContext("2d").getImageData(sx, sy, 1, 1).data;
+    let best = Infinity;
+    for (let dy = -1; dy <= 1; dy++) for (let dx = -1; dx <= 1; dx++) {
+      const i = ((iy + dy) * window.__big.width + ix + dx) * 4;
+      best = Math.min(best, Math.max(...[0, 1, 2].map((c) => Math.abs(view[c] - window.__big.data[i + c]))));
+    }
+    return { view: [...view.slice(0, 3)], photo: [...window.__big.data.slice((iy * window.__big.width + ix) * 4, (iy * window.__big.width + ix) * 4 + 3)], best };
+  }, [Math.round((P[0] - v.box.x) * v.dpr), Math.round((P[1] - v.box.y) * v.dpr), Math.floor(underAfter[0]), Math.floor(underAfter[1])]);
+  check(shown.best <= 1, `zoomed in, the editor shows the photo's pixel under the cursor (screen ${JSON.stringify(shown.view)}, photo ${JSON.stringify(shown.photo)})`);
+
+  // a dot with a 24 px brush: a disc of radius 12 / zoom photo pixels centred under the mouse
+  await page.click("#tool-brush");
+  await setBrush(24);
+  await page.mouse.move(...P);
+  await page.mouse.down();
+  await page.mouse.up();
+  const hole1 = { centre: underAfter, r: 12 / v.zoom };
+  await page.mouse.move(P[0] + 40, P[1] + 30);
+  await frames();
+  await shot("08-zoomed-in");
+
+  // pan: Space + drag, then the middle button; the view follows the mouse exactly
+  await page.focus("#stage");
+  let vBefore = await editorView();
+  await page.keyboard.down(" ");
+  await page.mouse.move(...P);
+  await page.mouse.down();
+  await page.mouse.move(P[0] - 300, P[1] - 120, { steps: 6 });
+  await page.mouse.up();
+  await page.keyboard.up(" ");
+  let vAfter = await editorView();
+  const spacePan = [vAfter.x - vBefore.x, vAfter.y - vBefore.y];
+  vBefore = vAfter;
+  await page.mouse.move(...P);
+  await page.mouse.down({ button: "middle" });
+  await page.mouse.move(P[0] - 300, P[1] - 120, { steps: 6 });
+  await page.mouse.up({ button: "middle" });
+  vAfter = await editorView();
+  const middlePan = [vAfter.x - vBefore.x, vAfter.y - vBefore.y];
+  const panned = [...spacePan, ...middlePan];
+  check([-300, -120, -300, -120].every((d, i) => Math.abs(panned[i] - d) < 1e-6) && vAfter.zoom === v.zoom,
+    `Space + drag and the middle button pan the view by the mouse's movement (${spacePan.map(Math.round)}; ${middlePan.map(Math.round)})`);
+  // a short stroke after panning: photo pixels from the new view
+  const Q0 = [P[0] + 100, P[1] + 40];
+  const Q1 = [P[0] + 160, P[1] + 40];
+  await page.mouse.move(...Q0);
+  await page.mouse.down();
+  await page.mouse.move(...Q1, { steps: 6 });
+  await page.mouse.up();
+  const hole2 = { from: vAfter.toImage(...Q0), to: vAfter.toImage(...Q1), r: 12 / vAfter.zoom };
+  // a third stroke, undone (undo restores only the stroke's bounding box): the saved mask must
+  // hold the first two holes alone
+  const painted = await page.evaluate(() => window.nullpaint.maskChanges);
+  await page.mouse.move(P[0] - 200, P[1] + 200);
+  await page.mouse.down();
+  await page.mouse.move(P[0] - 150, P[1] + 230, { steps: 4 });
+  await page.mouse.up();
+  const strokes = (await page.evaluate(() => window.nullpaint.maskChanges)) - painted;
+  await page.click("#mask-undo");
+  // the zoom buttons
+  await page.click("#zoom-100");
+  const z100 = (await editorView()).zoom * v.dpr;
+  await page.click("#zoom-fit");
+  const zfit = await editorView();
+  check(z100 === 1 && Math.abs(zfit.zoom - zfit.fitZoom) < 1e-9, `"100%" shows one photo pixel per screen pixel (${z100}), "Fit" the whole photo (${(zfit.zoom * 100).toFixed(1)}%)`);
+  await page.evaluate(() => window.nullpaint.editorView.render());
+  const fitDrawMs = await page.evaluate(() => window.nullpaint.editorView.drawMs);
+  const [bigMaskDownload] = await Promise.all([page.waitForEvent("download"), page.click("#mask-save")]);
+  const bigMaskPath = join(ART, "big-mask.png");
+  await bigMaskDownload.saveAs(bigMaskPath);
+  const pad = 80;
+  const win = (x0, y0, x1, y1) => [Math.floor(x0 - pad), Math.floor(y0 - pad), Math.ceil(x1 + pad), Math.ceil(y1 + pad)];
+  const holes = await holeBoxes(bigMaskPath, [
+    win(hole1.centre[0], hole1.centre[1], hole1.centre[0], hole1.centre[1]),
+    win(hole2.from[0], hole2.from[1], hole2.to[0], hole2.to[1]),
+  ]);
+  const want1 = [hole1.centre[0] - hole1.r, hole1.centre[1] - hole1.r, hole1.centre[0] + hole1.r, hole1.centre[1] + hole1.r];
+  const want2 = [hole2.from[0] - hole2.r, hole2.from[1] - hole2.r, hole2.to[0] + hole2.r, hole2.to[1] + hole2.r];
+  const off = (box, want) => Math.max(...box.map((c, i) => Math.abs(c - want[i])));
+  const fmt = (b) => `[${b.map((c) => Math.round(c)).join(", ")}]`;
+  check(holes.width === W && holes.height === H && holes.outside === 0 && off(holes.boxes[0], want1) <= 2 && off(holes.boxes[1], want2) <= 2 && strokes === 1,
+    `strokes land on the photo pixels under the mouse at any zoom and offset: holes ${fmt(holes.boxes[0])} and ${fmt(holes.boxes[1])}, expected ${fmt(want1)} and ${fmt(want2)} (within 2 px), none elsewhere (${holes.outside}; a third stroke was painted (${strokes}) and undone)`);
+
+  // run by regions; the progress names the region
+  await page.evaluate(() => {
+    window.__runTexts = [];
+    new MutationObserver(() => window.__runTexts.push(document.getElementById("run-text").textContent))
+      .observe(document.getElementById("run-text"), { childList: true, characterData: true, subtree: true });
+  });
+  const big = await run("browser-result-large");
+  const bigRun = await page.evaluate(() => ({ ...window.nullpaint.lastRun, texts: [...new Set(window.__runTexts)], caption: document.getElementById("preview-caption").textContent }));
+  check(bigRun.regions === 2 && bigRun.texts.some((t) => t.startsWith("Region 2 / 2 · step 2 / 2")) && bigRun.caption.startsWith("Region 2 / 2"),
+    `the progress and the live preview name the region being run (${bigRun.texts.filter((t) => t.startsWith("Region")).slice(0, 4).join(" | ")}… ; preview: ${bigRun.caption})`);
+  const bigSize = pngSize(big.path);
+  const bigKept = await compare(big.path, bigPath, bigMaskPath);
+  check(bigSize.width === W && bigSize.height === H && bigKept.maxKnown === 0 && bigKept.changedHoles > 0,
+    `the download is ${bigSize.width}x${bigSize.height}, byte-identical to the photo outside the ${bigKept.holes} hole pixels (max |diff| ${bigKept.maxKnown}), ${bigKept.changedHoles} of them changed ` +
+    `(run ${bigRun.seconds.toFixed(1)} s in the engine, ${big.seconds.toFixed(1)} s from the click; PNG download ${big.downloadSeconds.toFixed(1)} s)`);
+  const nativeBig = join(ART, "native-result-large.png");
+  const cliSeconds = cli(["--image", bigPath, "--mask", bigMaskPath, ...cliSettings(2), "--output", nativeBig]);
+  const bigDiff = await compare(big.path, nativeBig, bigMaskPath);
+  check(!bigDiff.error && bigDiff.maxHole <= TOLERANCE && bigDiff.maxKnown === 0,
+    `the large photo equals the native CLI's (--region auto): max |diff| ${bigDiff.maxHole} in the holes, ${bigDiff.maxKnown} outside ${bigDiff.error || ""} (CLI ${cliSeconds.toFixed(1)} s)`);
+  await shot("09-large-result");
+  // the before/after view zooms too: the first hole, the divider through it (before | after)
+  {
+    await page.locator("#compare-canvas").scrollIntoViewIfNeeded();
+    const cbox = await page.locator("#compare-canvas").boundingBox();
+    const cv = await page.evaluate(() => { const c = window.nullpaint.compareView; return { zoom: c.zoom, x: c.x, y: c.y }; });
+    const cx = cbox.x + cv.x + hole1.centre[0] * cv.zoom;
+    const cy = cbox.y + cv.y + hole1.centre[1] * cv.zoom;
+    await page.mouse.move(cx, cy);
+    for (let i = 0; i < 5; i++) await page.mouse.wheel(0, -240);
+    await page.evaluate((percent) => {
+      const s = document.getElementById("compare-slider");
+      s.value = String(percent);
+      s.dispatchEvent(new Event("input"));
+    }, (100 * (cx - cbox.x)) / cbox.width);
+    await frames();
+    const zoomed = await page.evaluate(() => window.nullpaint.compareView.zoom);
+    check(zoomed > 3, `the before/after view zooms with the wheel too (${(zoomed * 100).toFixed(0)}%)`);
+    await page.locator("#compare-canvas").screenshot({ path: join(ART, "10-large-result-zoomed.png") });
+  }
+  const large = { width: W, height: H, openSeconds, runSeconds: bigRun.seconds, clickToResultSeconds: big.seconds, downloadSeconds: big.downloadSeconds, cliSeconds, fitDrawMs, regions: bigRun.regions, kept: bigKept, diff: bigDiff };
 
   // 8. import a local folder (tiny-sd2: transformers-5 keys, f32 weights, tokenizer.json), load it, delete it
   await page.setInputFiles("#import-folder", join(FIXTURES, "tiny-sd2"));
@@ -363,7 +587,7 @@ try {
   check(left === 1, `Delete removes the imported model (${left} model left)`);
   const wasm = statSync(join(ROOT, "www/pkg/nullpaint_web_bg.wasm")).size;
   console.log(`     wasm module ${(wasm / 1e6).toFixed(1)} MB; heap after load ${(info3.heapBytes / 2 ** 20).toFixed(1)} MiB`);
-  writeFileSync(join(ART, "figures.json"), JSON.stringify({ adapter, load: info, reload: info2, repaired: info3, runSeconds, wasmBytes: wasm, diff }, null, 1));
+  writeFileSync(join(ART, "figures.json"), JSON.stringify({ adapter, load: info, reload: info2, repaired: info3, runSeconds, wasmBytes: wasm, diff, outpaint: { seconds: outpaint.seconds, diff: outDiff }, large }, null, 1));
 } catch (e) {
   await fail(e.stack || String(e));
 } finally {
