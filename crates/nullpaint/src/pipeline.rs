@@ -601,28 +601,33 @@ impl StableDiffusion {
                     width: canvas.width,
                     height: canvas.height,
                 };
+            // The whole canvas is passed as it is (no copy of a photo-sized buffer).
+            let cropped;
             let (crop, crop_mask) = if whole {
-                (canvas.clone(), mask.clone())
+                (&canvas, mask)
             } else {
-                (
+                cropped = (
                     regions::crop_image(&canvas, rect),
                     regions::crop_mask(mask, rect),
-                )
+                );
+                (&cropped.0, &cropped.1)
             };
+            let scaled;
             let (run_image, run_mask) = if region.is_scaled() {
-                (
-                    regions::resize(&crop, region.run_width, region.run_height, Filter::Area)
+                scaled = (
+                    regions::resize(crop, region.run_width, region.run_height, Filter::Area)
                         .map_err(|e| PipelineError::Device(e.to_string()))?,
-                    regions::downscale_mask(&crop_mask, region.run_width, region.run_height),
-                )
+                    regions::downscale_mask(crop_mask, region.run_width, region.run_height),
+                );
+                (&scaled.0, &scaled.1)
             } else {
                 (crop, crop_mask)
             };
             // 2. the method on it
             let raw = self
                 .run_pass(
-                    &run_image,
-                    &run_mask,
+                    run_image,
+                    run_mask,
                     options,
                     region.seed,
                     &scheduler,
