@@ -272,8 +272,11 @@ impl Engine {
         let started = js_sys::Date::now();
         let source =
             BlobSource::new(name.clone(), blobs, on_progress).map_err(|e| JsError::new(&e))?;
-        let model = StableDiffusion::load(&source, &self.device)
+        let mut model = StableDiffusion::load(&source, &self.device)
             .map_err(|e| JsError::new(&e.to_string()))?;
+        // Tile the VAE only where an activation would pass this adapter's binding limit.
+        model.vae_tiling =
+            nullpaint::models::vae_tiling::VaeTiling::for_adapter(Some(&self.adapter));
         let info = serde_json::json!({
             "name": name,
             "sizeMultiple": model.size_multiple,

@@ -1,6 +1,7 @@
 //! `nullpaint`: inpaint a photo with any Stable Diffusion 1.x / 2.x checkpoint, zero-shot (DDNM's
 //! null-space projection in latent space), on the GPU through wgpu or on the CPU.
 
+mod bench;
 mod hub;
 mod io;
 
@@ -12,6 +13,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use nullpaint::device::{BackendChoice, Precision};
+use nullpaint::models::vae_tiling::VaeTiling;
 use nullpaint::pipeline::{
     Extend, FolderSource, InpaintOptions, MaskImage, Progress, RegionMode, StableDiffusion, Stage,
 };
@@ -38,6 +40,9 @@ enum Command {
     /// Fill the masked region of an image, guided by a text prompt.
     #[command(after_help = EXAMPLE)]
     Inpaint(InpaintArgs),
+    /// Time each stage (text encoder, UNet step, VAE, whole inpaint) and peak memory, optionally
+    /// next to PyTorch.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -137,6 +142,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inpaint(args) => inpaint(args),
+        Command::Bench(args) => bench::bench(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
@@ -201,26 +207,16 @@ fn inpaint(args: InpaintArgs) -> Result<()> {
     }
 
     // 2. device and model
-    let choice = match args.backend {
-        Backend::Auto => BackendChoice::Auto,
-        Backend::Wgpu => BackendChoice::Wgpu,
-        Backend::Cpu => BackendChoice::Cpu,
-    };
-    let selected = nullpaint::device::select(choice)?;
-    let mut device = selected.device;
-    let precision = match args.precision {
-        PrecisionArg::Auto => Precision::Auto,
-        PrecisionArg::F32 => Precision::F32,
-        PrecisionArg::F16 => Precision::F16,
-    };
-    let dtype =
-        nullpaint::device::configure_precision(&mut device, selected.adapter.as_ref(), precision)?;
+    let (selected, dtype) = open_device(args.backend, args.precision)?;
+    let device = selected.device;
     eprintln!("device: {} ({dtype})", selected.description);
     let folder = hub::resolve(&args.model)?;
     let load_start = Instant::now();
     let source = FolderSource::new(&folder)?;
-    let sd = StableDiffusion::load(&source, &device)
+    let mut sd = StableDiffusion::load(&source, &device)
         .with_context(|| format!("loading the model from {}", folder.display()))?;
+    // Tile the VAE only where an activation would pass the adapter's storage binding limit.
+    sd.vae_tiling = VaeTiling::for_adapter(selected.adapter.as_ref());
     let load_time = load_start.elapsed();
 
     // 3. run with a progress bar
@@ -339,4 +335,29 @@ fn inpaint(args: InpaintArgs) -> Result<()> {
         per_step
     );
     Ok(())
+}
+
+/// The device `--backend` and `--precision` ask for, with its float precision set (never
+/// `Auto`); shared by `inpaint` and `bench`.
+fn open_device(
+    backend: Backend,
+    precision: PrecisionArg,
+) -> Result<(nullpaint::device::Selected, Precision)> {
+    let choice = match backend {
+        Backend::Auto => BackendChoice::Auto,
+        Backend::Wgpu => BackendChoice::Wgpu,
+        Backend::Cpu => BackendChoice::Cpu,
+    };
+    let mut selected = nullpaint::device::select(choice)?;
+    let precision = match precision {
+        PrecisionArg::Auto => Precision::Auto,
+        PrecisionArg::F32 => Precision::F32,
+        PrecisionArg::F16 => Precision::F16,
+    };
+    let dtype = nullpaint::device::configure_precision(
+        &mut selected.device,
+        selected.adapter.as_ref(),
+        precision,
+    )?;
+    Ok((selected, dtype))
 }

@@ -7,6 +7,8 @@
 //! selection), [`regions`] (photos larger than the model: crops, scaling, the feathered
 //! blend), [`pipeline`] (the method, shared by the CLI and the browser).
 
+#[cfg(not(target_arch = "wasm32"))]
+pub mod cpu;
 pub mod device;
 pub mod kernel;
 pub mod models;

@@ -14,6 +14,7 @@ use crate::models::ConfigError;
 use crate::models::clip::{ClipTextConfig, ClipTextModel};
 use crate::models::unet_2d::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::models::vae::{AutoencoderKL, AutoencoderKLConfig};
+use crate::models::vae_tiling::VaeTiling;
 use crate::regions::{self, Filter, Rect};
 use crate::schedulers::{DdimScheduler, Scheduler, SchedulerError};
 use crate::tokenizer::{ClipTokenizer, TokenizerError, TokenizerFiles};
@@ -237,6 +238,10 @@ pub struct StableDiffusion {
     /// The size the model was trained at (`unet sample_size x VAE factor`: 512 for SD 1.x);
     /// larger photos are inpainted by regions of at most this size.
     pub working_size: usize,
+    /// When the VAE encode / decode run in tiles (`models::vae_tiling`). Default:
+    /// [`VaeTiling::default_for`] the device; set `VaeTiling::for_adapter(..)` when the adapter's
+    /// storage binding limit is known.
+    pub vae_tiling: VaeTiling,
     vae_factor: usize,
     latent_channels: usize,
     device: Device,
@@ -356,6 +361,7 @@ impl StableDiffusion {
             scheduler,
             size_multiple: vae_factor << unet_config.num_downsamplings(),
             working_size: sample_size * vae_factor,
+            vae_tiling: VaeTiling::default_for(device),
             vae_factor,
             latent_channels: vae_config.latent_channels,
             device: device.clone(),
@@ -705,7 +711,7 @@ impl StableDiffusion {
         report(Progress::Stage(Stage::EncodingImage), progress)?;
         let sf = self.vae.scaling_factor() as f32;
         let y = Tensor::<4>::from_data(TensorData::new(x, [1, 3, hp, wp]), device);
-        let z_y = self.vae.encode(y).mean * sf; // [1, c, hp/f, wp/f]
+        let z_y = self.vae.encode_with(y, self.vae_tiling).mean * sf; // [1, c, hp/f, wp/f]
         let pixel_mask = Tensor::<2>::from_data(TensorData::new(known, [hp, wp]), device);
         let m_l = kernel::latent_mask(pixel_mask, self.vae_factor, options.dilation); // [hp/f, wp/f]
 
@@ -756,7 +762,10 @@ impl StableDiffusion {
 
         // 4. decode, to bytes, crop
         report(Progress::Stage(Stage::Decoding), progress)?;
-        let decoded = self.vae.decode(z / sf).clamp(-1.0, 1.0); // [1, 3, hp, wp]
+        let decoded = self
+            .vae
+            .decode_with(z / sf, self.vae_tiling)
+            .clamp(-1.0, 1.0); // [1, 3, hp, wp]
         let values = read_f32(decoded, "the decoded image").await?;
         let mut out = vec![0u8; w * h * 3];
         for yy in 0..h {

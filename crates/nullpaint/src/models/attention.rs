@@ -16,6 +16,8 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{DType, Device, FloatDType, Tensor};
 
+use super::ops;
+
 /// Largest score tensor (`batch * heads * q_chunk * kv_len` f32 values) one attention call makes.
 pub const SCORE_BUDGET_BYTES: usize = 64 << 20;
 
@@ -126,6 +128,9 @@ impl Attention {
         let q = self.to_q.forward(x); // [b, s, inner]
         let k = self.to_k.forward(context.clone()); // [b, ctx, inner]
         let v = self.to_v.forward(context);
+        if let Some(out) = ops::fused_attention(&q, &k, &v, self.heads) {
+            return self.to_out[0].forward(out);
+        }
         let inner = q.dims()[2];
         let dh = inner / self.heads;
         let heads = |t: Tensor<3>, len| t.reshape([b, len, self.heads, dh]).swap_dims(1, 2); // [b, h, len, dh]
@@ -142,7 +147,7 @@ impl Attention {
         let [b, c, h, w] = x.dims();
         let residual = x.clone();
         let x = match &self.group_norm {
-            Some(norm) => norm.forward(x),
+            Some(norm) => ops::group_norm(norm, x, false),
             None => x,
         };
         let tokens = x.reshape([b, c, h * w]).swap_dims(1, 2); // [b, hw, c]
@@ -326,13 +331,13 @@ impl Transformer2DModel {
         let [b, c, h, w] = x.dims();
         let residual = x.clone();
         // 1. input: norm, project, flatten to tokens
-        let x = self.norm.forward(x);
+        let x = ops::group_norm(&self.norm, x, false);
         let to_tokens = |t: Tensor<4>| {
             let ch = t.dims()[1];
             t.swap_dims(1, 2).swap_dims(2, 3).reshape([b, h * w, ch]) // [b, hw, ch]
         };
         let mut tokens = match &self.proj_in {
-            Projection::Conv(conv) => to_tokens(conv.forward(x)),
+            Projection::Conv(conv) => to_tokens(ops::conv2d(conv, x)),
             Projection::Linear(lin) => lin.forward(to_tokens(x)),
         };
         // 2. blocks
@@ -345,7 +350,7 @@ impl Transformer2DModel {
             t.reshape([b, h, w, ch]).swap_dims(2, 3).swap_dims(1, 2) // [b, ch, h, w]
         };
         let out = match &self.proj_out {
-            Projection::Conv(conv) => conv.forward(to_image(tokens)),
+            Projection::Conv(conv) => ops::conv2d(conv, to_image(tokens)),
             Projection::Linear(lin) => to_image(lin.forward(tokens)),
         };
         debug_assert_eq!(out.dims(), [b, c, h, w]);

@@ -4,10 +4,12 @@
 pub mod attention;
 pub mod clip;
 pub mod embeddings;
+pub mod ops;
 pub mod resnet;
 pub mod unet_2d;
 pub mod unet_2d_blocks;
 pub mod vae;
+pub mod vae_tiling;
 
 /// Errors of model configuration files.
 #[derive(Debug, thiserror::Error)]

@@ -11,6 +11,8 @@ use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor};
 
+use super::ops;
+
 /// A 3x3 (or `k`x`k`) convolution with symmetric padding, the way diffusers builds them.
 pub(crate) fn conv2d(
     i: usize,
@@ -77,14 +79,14 @@ impl ResnetBlock2D {
     /// - `x`: `[batch, in, h, w]`, `temb`: `[batch, temb_channels]` (None in the VAE)
     /// - output: `[batch, out, h, w]`
     pub fn forward(&self, x: Tensor<4>, temb: Option<Tensor<2>>) -> Tensor<4> {
-        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        let h = ops::conv2d(&self.conv1, ops::group_norm(&self.norm1, x.clone(), true));
         let h = match (&self.time_emb_proj, temb) {
             (Some(proj), Some(temb)) => h + proj.forward(silu(temb)).unsqueeze_dims::<4>(&[2, 3]),
             _ => h,
         };
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let h = ops::conv2d(&self.conv2, ops::group_norm(&self.norm2, h, true));
         let x = match &self.conv_shortcut {
-            Some(conv) => conv.forward(x),
+            Some(conv) => ops::conv2d(conv, x),
             None => x,
         };
         let out = x + h;
@@ -119,7 +121,7 @@ impl Downsample2D {
     /// # Shapes
     /// - `x`: `[batch, c, h, w]` -> `[batch, c, ceil(h / 2), ceil(w / 2)]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.conv.forward(x)
+        ops::conv2d(&self.conv, x)
     }
 }
 
@@ -157,6 +159,6 @@ impl Upsample2D {
                 },
             ),
         };
-        self.conv.forward(x)
+        ops::conv2d(&self.conv, x)
     }
 }

@@ -8,13 +8,13 @@
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, GroupNormConfig};
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::ConfigError;
 use super::embeddings::{TimestepEmbedding, timesteps_tensor};
+use super::ops;
 use super::resnet::conv2d;
 use super::unet_2d_blocks::{
     BlockConfig, DownBlock, TransformerArgs, UNetMidBlock2DCrossAttn, UpBlock,
@@ -537,7 +537,7 @@ impl UNet2DConditionModel {
         let emb = self.time_embedding.forward(t_emb); // [b, 4 c0]
 
         // 2. pre-process
-        let mut x = self.conv_in.forward(sample); // [b, c0, h, w]
+        let mut x = ops::conv2d(&self.conv_in, sample); // [b, c0, h, w]
 
         // 3. down
         let mut skips = vec![x.clone()];
@@ -567,6 +567,9 @@ impl UNet2DConditionModel {
         }
 
         // 6. post-process
-        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+        ops::conv2d(
+            &self.conv_out,
+            ops::group_norm(&self.conv_norm_out, x, true),
+        )
     }
 }

@@ -2,16 +2,17 @@
 //!
 //! Port of diffusers (0.42) `models/autoencoders/autoencoder_kl.py` and `models/autoencoders/vae.py`
 //! (`Encoder`, `Decoder`, `DiagonalGaussianDistribution`), built from the VAE's `config.json`.
+//! Tiled encode / decode (`enable_tiling()`) and the policy for it: [`super::vae_tiling`].
 
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, GroupNormConfig};
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::ConfigError;
+use super::ops;
 use super::resnet::conv2d;
 use super::unet_2d::check_defaults;
 use super::unet_2d_blocks::{BlockConfig, DownBlock, UNetMidBlock2D, UpBlock};
@@ -238,6 +239,7 @@ impl AutoencoderKLConfig {
                 .use_post_quant_conv
                 .then(|| conv2d(lat, lat, 1, 1, 0, device)),
             scaling_factor: self.scaling_factor,
+            config: self.clone(),
         })
     }
 }
@@ -270,6 +272,9 @@ pub struct AutoencoderKL {
     pub quant_conv: Option<Conv2d>,
     pub post_quant_conv: Option<Conv2d>,
     scaling_factor: f64,
+    /// The config the structure was built from (channel counts for the tiling policy).
+    #[module(skip)]
+    config: AutoencoderKLConfig,
 }
 
 /// The posterior `DiagonalGaussianDistribution`: mean and clamped log-variance.
@@ -285,25 +290,45 @@ impl AutoencoderKL {
         self.scaling_factor
     }
 
-    /// Encodes images to the posterior.
+    /// The config the model was built from.
+    pub fn config(&self) -> &AutoencoderKLConfig {
+        &self.config
+    }
+
+    /// Encodes images to the posterior, untiled (diffusers' default; see
+    /// [`Self::encode_with`] and `models::vae_tiling` for tiles).
     ///
     /// # Shapes
     /// - `x`: `[batch, in_channels, h, w]` in [-1, 1]
     /// - output: mean and logvar `[batch, latent_channels, h / f, w / f]`
     pub fn encode(&self, x: Tensor<4>) -> Posterior {
+        Self::posterior(self.moments(x))
+    }
+
+    /// The encoder and `quant_conv`: the posterior's moments (mean, logvar) stacked on the
+    /// channel axis, as diffusers' `_encode` returns them.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, in_channels, h, w]` -> `[batch, 2 * latent_channels, h / f, w / f]`
+    pub(crate) fn moments(&self, x: Tensor<4>) -> Tensor<4> {
         let e = &self.encoder;
         // 1. encoder
-        let mut h = e.conv_in.forward(x);
+        let mut h = ops::conv2d(&e.conv_in, x);
         for block in &e.down_blocks {
             h = block.forward(h, None, None).0;
         }
         h = e.mid_block.forward(h);
-        h = e.conv_out.forward(silu(e.conv_norm_out.forward(h))); // [b, 2 lat, h', w']
+        h = ops::conv2d(&e.conv_out, ops::group_norm(&e.conv_norm_out, h, true)); // [b, 2 lat, h', w']
         // 2. moments
         if let Some(q) = &self.quant_conv {
-            h = q.forward(h);
+            h = ops::conv2d(q, h);
         }
-        let mut parts = h.chunk(2, 1);
+        h
+    }
+
+    /// diffusers' `DiagonalGaussianDistribution(moments)`: mean and clamped logvar.
+    pub(crate) fn posterior(moments: Tensor<4>) -> Posterior {
+        let mut parts = moments.chunk(2, 1);
         let logvar = parts
             .pop()
             .unwrap_or_else(|| unreachable!("chunk(2) gives 2 parts"))
@@ -314,21 +339,22 @@ impl AutoencoderKL {
         Posterior { mean, logvar }
     }
 
-    /// Decodes latents (unscaled: divide by `scaling_factor` first).
+    /// Decodes latents (unscaled: divide by `scaling_factor` first), untiled (see
+    /// [`Self::decode_with`] for tiles).
     ///
     /// # Shapes
     /// - `z`: `[batch, latent_channels, h, w]` -> `[batch, out_channels, h * f, w * f]`
     pub fn decode(&self, z: Tensor<4>) -> Tensor<4> {
         let d = &self.decoder;
         let z = match &self.post_quant_conv {
-            Some(p) => p.forward(z),
+            Some(p) => ops::conv2d(p, z),
             None => z,
         };
-        let mut h = d.conv_in.forward(z);
+        let mut h = ops::conv2d(&d.conv_in, z);
         h = d.mid_block.forward(h);
         for block in &d.up_blocks {
             h = block.forward(h, &mut Vec::new(), None, None, None);
         }
-        d.conv_out.forward(silu(d.conv_norm_out.forward(h)))
+        ops::conv2d(&d.conv_out, ops::group_norm(&d.conv_norm_out, h, true))
     }
 }

@@ -1,0 +1,111 @@
+//! `nullpaint bench` on the tiny fixture model: the JSON line names every stage with a positive
+//! time (the values themselves are the benchmark's business, not a test's), and bad options fail
+//! with a message before any model work.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{fixtures, tempdir};
+use std::process::{Command, Output};
+
+const STAGES: &[&str] = &[
+    "load_s",
+    "text_encoder_first_s",
+    "text_encoder_s",
+    "unet_first_s",
+    "unet_median_s",
+    "unet_min_s",
+    "vae_encode_first_s",
+    "vae_encode_s",
+    "vae_decode_first_s",
+    "vae_decode_s",
+    "inpaint_s",
+];
+
+fn bench(args: &[&str], name: &str) -> Output {
+    let dir = tempdir(name);
+    Command::new(env!("CARGO_BIN_EXE_nullpaint"))
+        .arg("bench")
+        .args(args)
+        .current_dir(&dir)
+        .env("HF_HOME", dir.join("hf-home"))
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn bench_json_has_every_stage_with_a_positive_time() {
+    let model = fixtures().join("tiny-sd1");
+    let out = bench(
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--size",
+            "64",
+            "--steps",
+            "1",
+            "--iters",
+            "1",
+            "--backend",
+            "cpu",
+            "--json",
+        ],
+        "json",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed: {stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // --json: stdout is the JSON line alone (the table goes to stderr).
+    assert_eq!(stdout.lines().count(), 1, "stdout: {stdout}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    for stage in STAGES {
+        let s = v["seconds"][stage].as_f64();
+        assert!(
+            s.is_some_and(|s| s > 0.0 && s.is_finite()),
+            "seconds.{stage} = {:?} in {v}",
+            v["seconds"][stage]
+        );
+    }
+    let unet = v["unet_s"].as_array().unwrap();
+    assert_eq!(unet.len(), 1);
+    assert_eq!(v["size"], 64);
+    assert_eq!(v["steps"], 1);
+    assert_eq!(v["precision"], "f32");
+    assert!(v["backend"].as_str().unwrap().contains("cpu"));
+    if cfg!(target_os = "linux") {
+        assert!(v["peak_rss_bytes"].as_u64().unwrap() > 0);
+    }
+    // The CPU backend has no device memory pools to report.
+    assert!(v["gpu_memory_bytes"].is_null());
+    assert!(v["torch"].is_null());
+    assert!(
+        stderr.contains("whole inpaint"),
+        "no table on stderr: {stderr}"
+    );
+}
+
+#[test]
+fn bench_rejects_bad_options_before_loading() {
+    let model = fixtures().join("tiny-sd1");
+    let model = model.to_str().unwrap();
+    for (args, message) in [
+        (
+            vec!["--model", model, "--size", "100"],
+            "not a multiple of 16",
+        ),
+        (vec!["--model", model, "--steps", "0"], "--steps"),
+        (vec!["--model", model, "--iters", "0"], "--iters"),
+        (vec!["--size", "64"], "--model"),
+        (
+            vec!["--model", model, "--torch", "/no/such/python"],
+            "no Python at /no/such/python",
+        ),
+    ] {
+        let out = bench(&args, "bad");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
