@@ -200,7 +200,14 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         args.size, args.steps, args.iters
     );
     let started = unix_now();
-    let ours = run_nullpaint(&args, &folder, &unet_config, vae_factor, &selected.device)?;
+    let ours = run_nullpaint(
+        &args,
+        &folder,
+        &unet_config,
+        vae_factor,
+        &selected.device,
+        selected.adapter.as_ref(),
+    )?;
     let finished = unix_now();
 
     let mut report = json!({
@@ -282,6 +289,7 @@ fn run_nullpaint(
     unet_config: &UNet2DConditionConfig,
     vae_factor: usize,
     device: &Device,
+    adapter: Option<&nullpaint::device::AdapterInfo>,
 ) -> Result<Run> {
     let mut rec = Recorder::default();
     let record = |rec: &mut Recorder, key: &str, start: Instant| rec.record(key, start, device);
@@ -289,8 +297,10 @@ fn run_nullpaint(
     // 1. load
     let t = Instant::now();
     let source = FolderSource::new(folder)?;
-    let sd = StableDiffusion::load(&source, device)
+    let mut sd = StableDiffusion::load(&source, device)
         .with_context(|| format!("loading the model from {}", folder.display()))?;
+    // As the inpaint command: VAE tiles only past the adapter's storage binding limit.
+    sd.vae_tiling = nullpaint::models::vae_tiling::VaeTiling::for_adapter(adapter);
     record(&mut rec, "load_s", t);
 
     // 2. text encoder: [negative, prompt]
