@@ -86,6 +86,14 @@ struct Largest {
 }
 
 impl Largest {
+    fn new(batch: usize, element_bytes: usize) -> Self {
+        Self {
+            batch: batch as u64,
+            element_bytes: element_bytes as u64,
+            max: 0,
+        }
+    }
+
     /// An activation of `[batch, c, h, w]`. `normed`: it goes through a GroupNorm, which widens
     /// f16 / bf16 inputs to f32 as a whole for its statistics (burn-nn 0.22 `group_norm`); the
     /// VAE attention widens its q / k / v to f32 the same way (`models::attention`).
@@ -120,11 +128,7 @@ impl AutoencoderKLConfig {
     ) -> u64 {
         let boc = &self.block_out_channels;
         let n = boc.len();
-        let mut l = Largest {
-            batch: batch as u64,
-            element_bytes: element_bytes as u64,
-            max: 0,
-        };
+        let mut l = Largest::new(batch, element_bytes);
         let (mut h, mut w) = (height, width);
         l.see(self.in_channels, h, w, false);
         // 1. conv_in, down blocks (resnets, then a stride-2 downsampler but in the last)
@@ -161,11 +165,7 @@ impl AutoencoderKLConfig {
     ) -> u64 {
         let boc = &self.block_out_channels;
         let n = boc.len();
-        let mut l = Largest {
-            batch: batch as u64,
-            element_bytes: element_bytes as u64,
-            max: 0,
-        };
+        let mut l = Largest::new(batch, element_bytes);
         let (mut h, mut w) = (latent_height, latent_width);
         l.see(self.latent_channels, h, w, false);
         // 1. conv_in, mid block
