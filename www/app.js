@@ -862,7 +862,9 @@ $("run").onclick = async () => {
   const pixels = source.canvas.getContext("2d").getImageData(0, 0, width, height).data;
   const rgba = new Uint8Array(pixels.buffer);
   const [left, top, right, bottom] = opts.extend;
-  running = { extend: opts.extend, canvas: [width + left + right, height + top + bottom], region: null };
+  // stepSeconds: time from the event before each step to the step's own (the engine reports a
+  // step once the device has finished it), kept for the figures of the browser test.
+  running = { extend: opts.extend, canvas: [width + left + right, height + top + bottom], region: null, lastEvent: performance.now(), stepSeconds: [] };
   $("run").disabled = true;
   $("cancel").disabled = false;
   $("run-progress").hidden = false;
@@ -876,7 +878,7 @@ $("run").onclick = async () => {
     result.height = r.height;
     result.getContext("2d").putImageData(new ImageData(new Uint8ClampedArray(r.rgba.buffer, r.rgba.byteOffset, r.rgba.length), r.width, r.height), 0, 0);
     const regions = running.region ? (running.region.whole ? 0 : running.region.regions) : 0;
-    state.lastRun = { seconds: r.seconds, wallSeconds: (performance.now() - t0) / 1000, width: r.width, height: r.height, seed: opts.seed, regions };
+    state.lastRun = { seconds: r.seconds, wallSeconds: (performance.now() - t0) / 1000, width: r.width, height: r.height, seed: opts.seed, regions, stepSeconds: running.stepSeconds };
     showResult({ result, before: source, extend: opts.extend, seed: opts.seed, seconds: r.seconds, regions });
     $("run-bar").value = 1;
     $("run-text").textContent = `Done in ${r.seconds.toFixed(1)} s` + (regions > 1 ? ` (${regions} regions)` : "");
@@ -901,6 +903,9 @@ const STAGES = {
 };
 
 function onRunProgress(m) {
+  const now = performance.now();
+  if (m.step) running.stepSeconds.push((now - running.lastEvent) / 1000);
+  running.lastEvent = now;
   const region = running.region && !running.region.whole ? running.region : null;
   const prefix = region ? `Region ${region.region} / ${region.regions} · ` : "";
   const capital = (s) => (prefix ? s : s[0].toUpperCase() + s.slice(1));
@@ -942,6 +947,11 @@ function onProgress(m) {
   }
   $("model-progress").hidden = false;
   $("model-bar").value = m.total ? m.done / m.total : 0;
+  if (m.op === "warmup") {
+    $("model-bar").removeAttribute("value"); // indeterminate
+    $("model-text").textContent = "Preparing the GPU shaders (one short test run)…";
+    return;
+  }
   const verb = { download: "Downloading", import: "Importing", verify: "Checking", load: "Loading onto the GPU" }[m.op];
   $("model-text").textContent = `${verb} ${m.file || ""}: ${bytes(m.done)} of ${bytes(m.total)}`;
 }
@@ -1161,7 +1171,7 @@ function renderModels(models, storage, loadedId) {
         if (r) {
           state.loadInfo = r.info;
           const S = r.info.workingSize;
-          $("gpu-status").textContent = `${$("gpu-status").textContent.split(" · ")[0]} · ${m.name} loaded in ${r.info.seconds.toFixed(1)} s (${r.info.weightsDType}; wasm memory ${bytes(r.info.heapBytes)})` +
+          $("gpu-status").textContent = `${$("gpu-status").textContent.split(" · ")[0]} · ${m.name} loaded in ${r.info.seconds.toFixed(1)} s, shaders ready in ${r.info.warmUpSeconds.toFixed(1)} s (${r.info.weightsDType}; wasm memory ${bytes(r.info.heapBytes)})` +
             (S ? ` · works at ${S}×${S} px: larger photos run by regions of up to ${S} px` : "");
           updateNotes();
         }

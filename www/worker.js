@@ -98,6 +98,9 @@ const handlers = {
         post({ type: "progress", op: "load", done, total, file }));
       info.verifySeconds = (t1 - t0) / 1000;
       info.refetched = opened.refetched;
+      // Compile (and tune) every shader of a run now, so the first step is not the slow one.
+      post({ type: "progress", op: "warmup", done: 0, total: 0 });
+      info.warmUpSeconds = (await engine.warmUp()).seconds;
       loaded = { id: m.id, info };
       post({ type: "load", ok: true, info });
       await refreshModels();

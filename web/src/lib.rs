@@ -289,6 +289,23 @@ impl Engine {
         to_js(&info)
     }
 
+    /// Runs one 1-step inpaint at the model's working size so that the shaders of a run are
+    /// compiled now rather than during the user's first step. Resolves to `{ seconds }`.
+    #[wasm_bindgen(js_name = warmUp)]
+    pub fn warm_up(&self) -> Result<js_sys::Promise, JsError> {
+        let model = self.model()?;
+        Ok(wasm_bindgen_futures::future_to_promise(async move {
+            let started = js_sys::Date::now();
+            model
+                .warm_up_async()
+                .await
+                .map_err(|e| JsValue::from(js_sys::Error::new(&format!("warm-up: {e}"))))?;
+            let result = js_sys::Object::new();
+            set(&result, "seconds", (js_sys::Date::now() - started) / 1000.0);
+            Ok(result.into())
+        }))
+    }
+
     /// Drops the loaded model and its GPU memory.
     #[wasm_bindgen(js_name = unloadModel)]
     pub fn unload_model(&mut self) {

@@ -128,10 +128,53 @@ pub fn cpu() -> Device {
 static WGPU: std::sync::OnceLock<Result<(Device, AdapterInfo), DeviceError>> =
     std::sync::OnceLock::new();
 
+/// Where CubeCL keeps what it learns about a GPU between runs (autotune results, throughput
+/// measurements): `NULLPAINT_GPU_CACHE`, else `$XDG_CACHE_HOME/nullpaint/gpu`, else
+/// `~/.cache/nullpaint/gpu` (`%LOCALAPPDATA%\nullpaint\gpu` on Windows). `None` when no such
+/// directory can be named (then tuning results live for one process only).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn gpu_cache_dir() -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    let var = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(dir) = var("NULLPAINT_GPU_CACHE") {
+        return Some(dir);
+    }
+    let base = var("XDG_CACHE_HOME")
+        .or_else(|| var("LOCALAPPDATA"))
+        .or_else(|| var("HOME").map(|h| h.join(".cache")))?;
+    Some(base.join("nullpaint").join("gpu"))
+}
+
+/// Points CubeCL's persistent cache at [`gpu_cache_dir`] before the first device exists, keeping
+/// every other setting of a `cubecl.toml` / `burn.toml` the user has. Without this, CubeCL
+/// writes into a `target/` folder next to the outermost `Cargo.toml` above the working directory.
+#[cfg(not(target_arch = "wasm32"))]
+fn configure_gpu_cache() {
+    use burn_cubecl::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig, cache::CacheConfig};
+    let Some(dir) = gpu_cache_dir() else {
+        tracing::warn!(
+            "no cache directory (set NULLPAINT_GPU_CACHE): GPU autotune results are not kept between runs"
+        );
+        return;
+    };
+    // What `CubeClRuntimeConfig::get` would load (files, then `CUBECL_*` variables).
+    let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+    config.environment.path = CacheConfig::Directory(dir);
+    // `false` when something read or set the configuration first: that choice stands.
+    if !CubeClRuntimeConfig::try_set(config) {
+        tracing::debug!("CubeCL's configuration was already set; its cache location stands");
+    }
+}
+
 /// The process-wide wgpu device and its adapter, initialised on first call (native).
 #[cfg(not(target_arch = "wasm32"))]
 pub fn wgpu() -> Result<(Device, AdapterInfo), DeviceError> {
     WGPU.get_or_init(|| {
+        configure_gpu_cache();
         // On Linux, ask for Vulkan first: letting wgpu probe every API also initialises EGL,
         // which prints errors on headless machines. Anything else lets wgpu choose.
         #[cfg(target_os = "linux")]

@@ -561,6 +561,49 @@ impl StableDiffusion {
         pollster::block_on(self.inpaint_async(image, mask, options, progress))
     }
 
+    /// Runs one whole 1-step inpaint of a grey `working_size` square with a square hole, so
+    /// that every shader of a run at that size (text encoder, VAE encode and decode, guided
+    /// UNet, the DDNM kernels) is compiled, and on autotuning builds tuned, before the user's
+    /// first run: otherwise the first step of the first run pays for it. Blocks (native); the
+    /// browser awaits [`Self::warm_up_async`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn warm_up(&self) -> Result<(), PipelineError> {
+        pollster::block_on(self.warm_up_async())
+    }
+
+    /// [`Self::warm_up`] as a future.
+    pub async fn warm_up_async(&self) -> Result<(), PipelineError> {
+        let size = self.working_size;
+        let image = RgbImage {
+            width: size,
+            height: size,
+            data: vec![128; size * size * 3],
+        };
+        let (lo, hi) = (size / 4, size - size / 4);
+        let mask = MaskImage {
+            width: size,
+            height: size,
+            data: (0..size * size)
+                .map(|i| {
+                    let (y, x) = (i / size, i % size);
+                    if (lo..hi).contains(&y) && (lo..hi).contains(&x) {
+                        255
+                    } else {
+                        0
+                    }
+                })
+                .collect(),
+        };
+        let options = InpaintOptions {
+            steps: 1,
+            region: RegionMode::Whole,
+            ..InpaintOptions::default()
+        };
+        self.inpaint_async(&image, &mask, &options, &mut |_| ControlFlow::Continue(()))
+            .await
+            .map(drop)
+    }
+
     /// [`Self::inpaint`] as a future: every read-back from the device is awaited, and each
     /// step waits for the device before reporting progress, so a browser event loop stays
     /// live (cancel messages, previews) and the queue never runs ahead of the loop.

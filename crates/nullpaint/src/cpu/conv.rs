@@ -28,6 +28,10 @@ pub struct Conv {
     pub stride: [usize; 2],
     /// `[top, bottom, left, right]`
     pub padding: [usize; 4],
+    /// The input is read nearest-upsampled by this factor (1: as is): `height` / `width` are the
+    /// upsampled size and `x` holds `height / upsample x width / upsample` pixels per channel.
+    /// `Upsample2D`'s 2x repeat followed by its 3x3 conv never materialises the 4x tensor.
+    pub upsample: usize,
 }
 
 impl Conv {
@@ -37,7 +41,15 @@ impl Conv {
         let (ph, pw) = (self.height + pt + pb, self.width + pl + pr);
         let [kh, kw] = self.kernel;
         let [sh, sw] = self.stride;
-        if ph < kh || pw < kw || sh == 0 || sw == 0 {
+        let up = self.upsample;
+        if ph < kh
+            || pw < kw
+            || sh == 0
+            || sw == 0
+            || up == 0
+            || self.height % up != 0
+            || self.width % up != 0
+        {
             return None;
         }
         Some([(ph - kh) / sh + 1, (pw - kw) / sw + 1])
@@ -51,6 +63,31 @@ impl Conv {
 /// # Panics
 /// When the slices do not have the sizes `g` gives or the kernel does not fit (callers check).
 pub fn conv2d(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: Conv) -> Vec<f32> {
+    conv2d_with(x, weight, bias, Epilogue::default(), g)
+}
+
+/// What the matrix products accumulate onto besides the bias: the output buffer starts as
+/// `residual + bias + batch_bias` and the products add to it, so a ResNet block's time-embedding
+/// add and its skip connection cost no extra pass over the activations.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Epilogue<'a> {
+    /// `[batch, out]`: added to every pixel of each (batch, channel) plane.
+    pub batch_bias: Option<&'a [f32]>,
+    /// `[batch, out, oh, ow]`: added element-wise.
+    pub residual: Option<&'a [f32]>,
+}
+
+/// [`conv2d`] plus an [`Epilogue`].
+///
+/// # Panics
+/// As [`conv2d`], and when the epilogue's slices do not have the sizes above.
+pub fn conv2d_with(
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    epilogue: Epilogue<'_>,
+    g: Conv,
+) -> Vec<f32> {
     let Some([oh, ow]) = g.output_size() else {
         panic!("conv2d: kernel larger than the padded input");
     };
@@ -59,26 +96,45 @@ pub fn conv2d(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: Conv) -> Vec<f
     let [sh, sw] = g.stride;
     let [pt, _, pl, _] = g.padding;
     let kdim = c * kh * kw;
-    assert_eq!(x.len(), g.batch * c * h * w, "conv2d: input size");
+    let up = g.upsample;
+    let (sh_src, sw_src) = (h / up, w / up); // stored input size
+    assert_eq!(x.len(), g.batch * c * sh_src * sw_src, "conv2d: input size");
     assert_eq!(weight.len(), o * kdim, "conv2d: weight size");
     let plane = oh * ow;
     let mut out = vec![0.0f32; g.batch * o * plane];
     if let Some(bias) = bias {
         assert_eq!(bias.len(), o, "conv2d: bias size");
-        out.par_chunks_mut(plane)
-            .enumerate()
-            .for_each(|(i, p)| p.fill(bias[i % o]));
+    }
+    if let Some(bb) = epilogue.batch_bias {
+        assert_eq!(bb.len(), g.batch * o, "conv2d: batch bias size");
+    }
+    if let Some(r) = epilogue.residual {
+        assert_eq!(r.len(), out.len(), "conv2d: residual size");
+    }
+    let accumulate = bias.is_some() || epilogue.batch_bias.is_some() || epilogue.residual.is_some();
+    if accumulate && plane > 0 {
+        // One pass: plane i is (batch i / o, channel i % o).
+        out.par_chunks_mut(plane).enumerate().for_each(|(i, p)| {
+            let add = bias.map_or(0.0, |b| b[i % o]) + epilogue.batch_bias.map_or(0.0, |b| b[i]);
+            match epilogue.residual {
+                Some(r) => {
+                    for (d, &s) in p.iter_mut().zip(&r[i * plane..(i + 1) * plane]) {
+                        *d = s + add;
+                    }
+                }
+                None => p.fill(add),
+            }
+        });
     }
     if out.is_empty() || kdim == 0 {
         return out;
     }
-    let accumulate = bias.is_some();
     let w_view = View {
         data: weight,
         rs: kdim,
         cs: 1,
     };
-    let pointwise = kh == 1 && kw == 1 && sh == 1 && sw == 1 && g.padding == [0; 4];
+    let pointwise = kh == 1 && kw == 1 && sh == 1 && sw == 1 && g.padding == [0; 4] && up == 1;
     // Output rows per block: `col` is `kdim x (rows * ow)`.
     let rows = (COL_BUDGET / 4 / (kdim * ow).max(1)).clamp(1, oh);
     let mut col = if pointwise {
@@ -86,8 +142,9 @@ pub fn conv2d(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: Conv) -> Vec<f
     } else {
         vec![0.0f32; kdim * rows * ow]
     };
+    let in_plane = sh_src * sw_src;
     for b in 0..g.batch {
-        let x_b = &x[b * c * h * w..(b + 1) * c * h * w];
+        let x_b = &x[b * c * in_plane..(b + 1) * c * in_plane];
         let out_b = &mut out[b * o * plane..(b + 1) * o * plane];
         if pointwise {
             sgemm(
@@ -118,15 +175,20 @@ pub fn conv2d(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: Conv) -> Vec<f
                 let ci = r / (kh * kw);
                 let ky = (r / kw) % kh;
                 let kx = r % kw;
-                let src = &x_b[ci * h * w..(ci + 1) * h * w];
+                let src = &x_b[ci * in_plane..(ci + 1) * in_plane];
                 for (yy, line) in dst.chunks_exact_mut(ow).enumerate() {
                     let iy = ((y0 + yy) * sh + ky) as isize - pt as isize;
                     if iy < 0 || iy >= h as isize {
                         line.fill(0.0);
                         continue;
                     }
-                    let src_row = &src[iy as usize * w..(iy as usize + 1) * w];
-                    fill_line(line, src_row, sw, kx as isize - pl as isize);
+                    let sy = iy as usize / up;
+                    let src_row = &src[sy * sw_src..(sy + 1) * sw_src];
+                    if up == 1 {
+                        fill_line(line, src_row, sw, kx as isize - pl as isize);
+                    } else {
+                        fill_line_upsampled(line, src_row, sw, kx as isize - pl as isize, up);
+                    }
                 }
             });
             sgemm(
@@ -149,6 +211,20 @@ pub fn conv2d(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: Conv) -> Vec<f
         }
     }
     out
+}
+
+/// `line[ox] = up(src)[ox * stride + offset]` with `up(src)[i] = src[i / up]`, 0 outside.
+#[inline]
+fn fill_line_upsampled(line: &mut [f32], src: &[f32], stride: usize, offset: isize, up: usize) {
+    let w = (src.len() * up) as isize;
+    for (ox, v) in line.iter_mut().enumerate() {
+        let ix = (ox * stride) as isize + offset;
+        *v = if ix >= 0 && ix < w {
+            src[ix as usize / up]
+        } else {
+            0.0
+        };
+    }
 }
 
 /// `line[ox] = src[ox * stride + offset]`, 0 where that index falls outside `src`.
@@ -241,6 +317,7 @@ mod tests {
                 kernel,
                 stride,
                 padding,
+                upsample: 1,
             };
             let x: Vec<f32> = (0..2 * 3 * height * width)
                 .map(|i| (i as f32 * 0.31).sin())
@@ -262,6 +339,110 @@ mod tests {
         }
     }
 
+    /// The epilogue equals adding the per-(batch, channel) bias and the residual afterwards.
+    #[test]
+    fn epilogue_adds_batch_bias_and_residual() {
+        for (kernel, stride, padding) in [
+            ([3, 3], [1, 1], [1, 1, 1, 1]),
+            ([1, 1], [1, 1], [0, 0, 0, 0]),
+            ([3, 3], [2, 2], [0, 1, 0, 1]),
+        ] {
+            let g = Conv {
+                batch: 2,
+                in_channels: 3,
+                height: 9,
+                width: 7,
+                out_channels: 4,
+                kernel,
+                stride,
+                padding,
+                upsample: 1,
+            };
+            let [oh, ow] = g.output_size().unwrap();
+            let x: Vec<f32> = (0..2 * 3 * 9 * 7)
+                .map(|i| (i as f32 * 0.31).sin())
+                .collect();
+            let wt: Vec<f32> = (0..4 * 3 * kernel[0] * kernel[1])
+                .map(|i| (i as f32 * 0.17).cos())
+                .collect();
+            let bias = [0.5f32, -1.0, 0.25, 2.0];
+            let batch_bias: Vec<f32> = (0..8).map(|i| i as f32 * 0.1 - 0.3).collect();
+            let residual: Vec<f32> = (0..2 * 4 * oh * ow)
+                .map(|i| (i as f32 * 0.7).cos())
+                .collect();
+            for (bb, res) in [
+                (Some(&batch_bias[..]), None),
+                (None, Some(&residual[..])),
+                (Some(&batch_bias[..]), Some(&residual[..])),
+            ] {
+                let got = conv2d_with(
+                    &x,
+                    &wt,
+                    Some(&bias),
+                    Epilogue {
+                        batch_bias: bb,
+                        residual: res,
+                    },
+                    g,
+                );
+                let mut want = naive(&x, &wt, Some(&bias), g);
+                for (i, v) in want.iter_mut().enumerate() {
+                    let plane = i / (oh * ow);
+                    *v += bb.map_or(0.0, |b| b[plane]) + res.map_or(0.0, |r| r[i]);
+                }
+                let worst = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f32::max);
+                assert!(worst < 1e-5, "{g:?}: {worst}");
+            }
+        }
+    }
+
+    /// Reading the input 2x nearest-upsampled equals convolving the materialised repeat.
+    #[test]
+    fn upsampled_input_matches_the_repeated_tensor() {
+        let (c, h, w) = (3, 5, 4);
+        let x: Vec<f32> = (0..2 * c * h * w)
+            .map(|i| (i as f32 * 0.37).sin())
+            .collect();
+        let mut repeated = Vec::with_capacity(x.len() * 4);
+        for plane in x.chunks_exact(h * w) {
+            for y in 0..2 * h {
+                for xx in 0..2 * w {
+                    repeated.push(plane[(y / 2) * w + xx / 2]);
+                }
+            }
+        }
+        for (kernel, stride, padding) in [([3, 3], [1, 1], [1, 1, 1, 1]), ([1, 1], [1, 1], [0; 4])]
+        {
+            let g = Conv {
+                batch: 2,
+                in_channels: c,
+                height: 2 * h,
+                width: 2 * w,
+                out_channels: 4,
+                kernel,
+                stride,
+                padding,
+                upsample: 2,
+            };
+            let wt: Vec<f32> = (0..4 * c * kernel[0] * kernel[1])
+                .map(|i| (i as f32 * 0.17).cos())
+                .collect();
+            let bias = [0.5f32, -1.0, 0.25, 2.0];
+            let got = conv2d(&x, &wt, Some(&bias), g);
+            let want = naive(&repeated, &wt, Some(&bias), Conv { upsample: 1, ..g });
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(worst < 1e-5, "{g:?}: {worst}");
+        }
+    }
+
     #[test]
     fn blocks_of_rows_give_the_same_result() {
         // kdim * ow large enough that COL_BUDGET forces several row blocks.
@@ -274,6 +455,7 @@ mod tests {
             kernel: [3, 3],
             stride: [1, 1],
             padding: [1, 1, 1, 1],
+            upsample: 1,
         };
         let rows = (COL_BUDGET / 4 / (64 * 9 * 4096)).clamp(1, 40);
         assert!(rows < 40, "the case must span several blocks");

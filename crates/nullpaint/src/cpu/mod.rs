@@ -8,6 +8,9 @@
 //!   head_dim]` projections, blocks of 64 queries, vectorised `exp` ([`math`]; `flex`'s softmax
 //!   and flash attention call libm's scalar `expf` per score).
 //! - [`group_norm`]: statistics and normalisation in two passes per group, SiLU fused.
+//! - [`conv2d_fused`] / [`upsample2x_conv2d`]: a ResNet block's time-embedding add and skip
+//!   connection folded into the convolution's products; `Upsample2D`'s repeat read in place.
+//! - [`geglu`]: the feed-forward's `a * gelu(gate)` in one pass with a vectorised `erf`.
 //!
 //! All are f32 (the CPU backend always runs f32, see `device::configure_precision`); anything
 //! else (other dtypes, dilated or grouped convolutions) takes Burn's path. Parity with Burn's
@@ -70,11 +73,93 @@ fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) 
     Tensor::from_data(TensorData::new(values, shape), device)
 }
 
+/// diffusers' GEGLU after its projection, `a * gelu(gate)` with `[a, gate] = h.chunk(2, -1)`,
+/// in one pass over `h` (Burn copies both halves, calls libm's scalar `erff` per value and
+/// allocates twice more). `None` when the fast path does not apply.
+///
+/// # Shapes
+/// - `h`: `[batch, seq, 2 * inner]` -> `[batch, seq, inner]`
+pub fn geglu(h: &Tensor<3>) -> Option<Tensor<3>> {
+    let [batch, seq, width] = h.dims();
+    if !enabled(&h.device()) || h.dtype() != DType::F32 || width % 2 != 0 {
+        return None;
+    }
+    let inner = width / 2;
+    let mut out = vec![0f32; batch * seq * inner];
+    with_values(h.clone(), |hv| {
+        const ROWS: usize = 16;
+        out.par_chunks_mut(ROWS * inner.max(1))
+            .zip(hv.par_chunks(ROWS * width.max(1)))
+            .for_each(|(o, rows)| {
+                for (o, row) in o.chunks_exact_mut(inner).zip(rows.chunks_exact(width)) {
+                    let (a, gate) = row.split_at(inner);
+                    math::geglu_row(a, gate, o);
+                }
+            });
+    });
+    Some(tensor(out, [batch, seq, inner], &h.device()))
+}
+
 /// `conv.forward(x)`, through [`conv::conv2d`] on the CPU backend.
 ///
 /// # Shapes
 /// - `x`: `[batch, in, h, w]` -> `[batch, out, oh, ow]`
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    conv2d_fused(conv, x, None, None)
+}
+
+/// `conv.forward(x) + batch_bias[:, :, None, None] + residual`, with both additions folded into
+/// the matrix products ([`conv::Epilogue`]) on the CPU backend, plain adds elsewhere.
+///
+/// # Shapes
+/// - `x`: `[batch, in, h, w]`, `batch_bias`: `[batch, out]`, `residual`: `[batch, out, oh, ow]`
+/// - output: `[batch, out, oh, ow]`
+pub fn conv2d_fused(
+    conv: &Conv2d,
+    x: Tensor<4>,
+    batch_bias: Option<Tensor<2>>,
+    residual: Option<Tensor<4>>,
+) -> Tensor<4> {
+    conv2d_impl(conv, x, batch_bias, residual, 1)
+}
+
+/// `conv.forward(x` repeated 2x nearest`)`, reading `x` in place on the CPU backend (the
+/// repeated tensor, 4x the input, is never made).
+///
+/// # Shapes
+/// - `x`: `[batch, in, h, w]` -> `[batch, out, oh, ow]` of the conv over `[.., 2h, 2w]`
+pub fn upsample2x_conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    conv2d_impl(conv, x, None, None, 2)
+}
+
+/// `x` repeated `up` times nearest along height and width.
+fn upsample_nearest(x: Tensor<4>, up: usize) -> Tensor<4> {
+    if up == 1 {
+        return x;
+    }
+    let [b, c, h, w] = x.dims();
+    x.reshape([b, c, h, 1, w, 1])
+        .expand([b, c, h, up, w, up])
+        .reshape([b, c, h * up, w * up])
+}
+
+fn conv2d_impl(
+    conv: &Conv2d,
+    x: Tensor<4>,
+    batch_bias: Option<Tensor<2>>,
+    residual: Option<Tensor<4>>,
+    upsample: usize,
+) -> Tensor<4> {
+    let plain = |x: Tensor<4>, batch_bias: Option<Tensor<2>>, residual: Option<Tensor<4>>| {
+        let mut y = conv.forward(upsample_nearest(x, upsample));
+        if let Some(bb) = batch_bias {
+            y = y + bb.unsqueeze_dims::<4>(&[2, 3]);
+        }
+        if let Some(r) = residual {
+            y = y + r;
+        }
+        y
+    };
     let device = x.device();
     let padding = match conv.padding {
         PaddingConfig2d::Valid => Some([0; 4]),
@@ -91,30 +176,48 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
             && w_in == in_channels
             && x.dtype() == DType::F32,
     ) else {
-        return conv.forward(x);
+        return plain(x, batch_bias, residual);
     };
     let g = conv::Conv {
         batch,
         in_channels,
-        height,
-        width,
+        height: height * upsample,
+        width: width * upsample,
         out_channels,
         kernel: [kh, kw],
         stride: conv.stride,
         padding,
+        upsample,
     };
     let Some([oh, ow]) = g.output_size() else {
-        return conv.forward(x); // Burn reports the error
+        return plain(x, batch_bias, residual); // Burn reports the error
     };
     if conv.weight.dtype() != DType::F32
         || conv.bias.as_ref().is_some_and(|b| b.dtype() != DType::F32)
     {
-        return conv.forward(x);
+        return plain(x, batch_bias, residual);
+    }
+    let shapes_fit = batch_bias
+        .as_ref()
+        .is_none_or(|b| b.dims() == [batch, out_channels] && b.dtype() == DType::F32)
+        && residual
+            .as_ref()
+            .is_none_or(|r| r.dims() == [batch, out_channels, oh, ow] && r.dtype() == DType::F32);
+    if !shapes_fit {
+        return plain(x, batch_bias, residual); // Burn reports a shape error
     }
     let out = with_values(x, |xv| {
         with_values(conv.weight.val(), |wv| {
             with_opt(conv.bias.as_ref().map(|b| b.val()), |bv| {
-                conv::conv2d(xv, wv, bv, g)
+                with_opt(batch_bias, |bb| {
+                    with_opt(residual, |res| {
+                        let epilogue = conv::Epilogue {
+                            batch_bias: bb,
+                            residual: res,
+                        };
+                        conv::conv2d_with(xv, wv, bv, epilogue, g)
+                    })
+                })
             })
         })
     });

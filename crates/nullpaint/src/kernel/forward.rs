@@ -1,8 +1,11 @@
 //! Launching the kernels on Burn's CubeCL backend (wgpu natively and in the browser).
 //!
-//! The operations are a Burn backend extension: `#[backend_extension(Cube)]` generates the
-//! routing from `Dispatch` tensors to [`CubeBackend`] primitives; [`super`] only calls it for
-//! tensors on a CubeCL device and uses the reference twin elsewhere.
+//! The operations are a Burn backend extension: `#[backend_extension(Cube, Fusion)]` generates
+//! the routing from `Dispatch` tensors to [`CubeBackend`] primitives and, in native builds
+//! (Burn's `fusion` feature), a lazy `Fusion<CubeBackend>` twin that registers each call as an
+//! opaque operation in the fused stream, so the kernels run in order with the fused ones around
+//! them. [`super`] only calls it for tensors on a CubeCL device and uses the reference twin
+//! elsewhere.
 
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn::backend::tensor::FloatTensor;
@@ -17,15 +20,19 @@ use super::StepParams;
 use super::kernel::{ddnm_step_kernel, latent_mask_kernel};
 
 /// The DDNM operations a backend can run natively.
-#[backend_extension(Cube)]
+#[backend_extension(Cube, Fusion: cfg(all(feature = "gpu-tuned", not(target_arch = "wasm32"))))]
 pub trait DdnmBackend: Backend {
     /// `pixel_mask [H, W]` -> `[H / factor, W / factor]` (see [`latent_mask_kernel`]).
+    #[fusion(dtype = pixel_mask, shape = {
+        Shape::new([pixel_mask[0] / factor, pixel_mask[1] / factor])
+    })]
     fn latent_mask(
         pixel_mask: FloatTensor<Self>,
         factor: usize,
         radius: usize,
     ) -> FloatTensor<Self>;
     /// One fused step; returns `(z_prev, z0_hat)` (see [`ddnm_step_kernel`]).
+    #[fusion(meta = |z_t, _model_out, _z_y, _mask, _params| (z_t.clone(), z_t.clone()))]
     fn ddnm_step(
         z_t: FloatTensor<Self>,
         model_out: FloatTensor<Self>,

@@ -5,6 +5,7 @@
 //! [`kernel`] run, launched by [`forward`]; on other backends (the `flex` CPU backend) the
 //! [`reference`] twin made of tensor ops runs. Both follow `SPEC.md` exactly.
 
+pub mod attention;
 pub mod forward;
 #[allow(clippy::module_inception)]
 pub mod kernel;

@@ -4,14 +4,14 @@
 //! `models/attention.py` (`BasicTransformerBlock`, `FeedForward`, `GEGLU`) and
 //! `models/transformers/transformer_2d.py` (`Transformer2DModel`, continuous input).
 //!
-//! Memory: a 64x64 latent gives 4096 tokens, so one score matrix per head is 4096 x 4096. Queries
+//! Memory: a 64x64 latent gives 4096 tokens, so one score matrix per head is 4096 x 4096. Native
+//! GPUs run flash kernels that never form it ([`crate::kernel::attention`]); elsewhere queries
 //! are processed in chunks so that no score tensor exceeds [`SCORE_BUDGET_BYTES`] (lavapipe
 //! binds at most 128 MiB per storage buffer; browsers often less).
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::gelu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{DType, Device, FloatDType, Tensor};
@@ -21,7 +21,8 @@ use super::ops;
 /// Largest score tensor (`batch * heads * q_chunk * kv_len` f32 values) one attention call makes.
 pub const SCORE_BUDGET_BYTES: usize = 64 << 20;
 
-/// `softmax(q k^T / sqrt(d)) v`, chunked over queries to bound memory.
+/// `softmax(q k^T / sqrt(d)) v`: the flash kernels of [`crate::kernel::attention`] on GPUs,
+/// elsewhere Burn's attention chunked over queries to bound memory.
 ///
 /// # Shapes
 /// - `q`: `[batch, heads, q_len, head_dim]`, `k` / `v`: `[batch, heads, kv_len, head_dim]`
@@ -31,6 +32,10 @@ pub const SCORE_BUDGET_BYTES: usize = 64 << 20;
 /// narrowed back (diffusers' `upcast_attention` / `upcast_softmax`, always on): f16 scores of
 /// long sequences lose the softmax's precision and can overflow.
 pub fn scaled_dot_product_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
+    // GPUs: flash kernels (f32 accumulation, no score matrix, no chunking).
+    if let Some(kind) = crate::kernel::attention::flash_kind(&q.device(), q.dtype(), q.dims()[3]) {
+        return crate::kernel::attention::flash_attention(q, k, v, kind);
+    }
     if q.dtype() == DType::F16 {
         let wide = FloatDType::F32;
         let out = scaled_dot_product_attention(q.cast(wide), k.cast(wide), v.cast(wide));
@@ -197,11 +202,7 @@ impl FeedForward {
     /// - `x`: `[batch, seq, dim]` -> same
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let h = self.net_0.proj.forward(x); // [b, s, 2 * inner]
-        let [a, b] = h
-            .chunk(2, 2)
-            .try_into()
-            .unwrap_or_else(|_| unreachable!("chunk(2) gives 2 parts"));
-        self.net_2.forward(a * gelu(b))
+        self.net_2.forward(ops::geglu(h)) // [b, s, inner] -> [b, s, dim]
     }
 }
 
@@ -350,10 +351,12 @@ impl Transformer2DModel {
             t.reshape([b, h, w, ch]).swap_dims(2, 3).swap_dims(1, 2) // [b, ch, h, w]
         };
         let out = match &self.proj_out {
-            Projection::Conv(conv) => ops::conv2d(conv, to_image(tokens)),
-            Projection::Linear(lin) => to_image(lin.forward(tokens)),
+            Projection::Conv(conv) => {
+                ops::conv2d_fused(conv, to_image(tokens), None, Some(residual))
+            }
+            Projection::Linear(lin) => to_image(lin.forward(tokens)) + residual,
         };
         debug_assert_eq!(out.dims(), [b, c, h, w]);
-        out + residual
+        out
     }
 }

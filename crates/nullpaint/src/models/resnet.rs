@@ -79,17 +79,20 @@ impl ResnetBlock2D {
     /// - `x`: `[batch, in, h, w]`, `temb`: `[batch, temb_channels]` (None in the VAE)
     /// - output: `[batch, out, h, w]`
     pub fn forward(&self, x: Tensor<4>, temb: Option<Tensor<2>>) -> Tensor<4> {
-        let h = ops::conv2d(&self.conv1, ops::group_norm(&self.norm1, x.clone(), true));
-        let h = match (&self.time_emb_proj, temb) {
-            (Some(proj), Some(temb)) => h + proj.forward(silu(temb)).unsqueeze_dims::<4>(&[2, 3]),
-            _ => h,
+        // conv1(silu(norm1(x))) + time_emb_proj(silu(temb))[:, :, None, None]
+        let temb = match (&self.time_emb_proj, temb) {
+            (Some(proj), Some(temb)) => Some(proj.forward(silu(temb))), // [b, out]
+            _ => None,
         };
-        let h = ops::conv2d(&self.conv2, ops::group_norm(&self.norm2, h, true));
+        let h = ops::group_norm(&self.norm1, x.clone(), true);
+        let h = ops::conv2d_fused(&self.conv1, h, temb, None);
+        // shortcut(x) + conv2(silu(norm2(h)))
         let x = match &self.conv_shortcut {
             Some(conv) => ops::conv2d(conv, x),
             None => x,
         };
-        let out = x + h;
+        let h = ops::group_norm(&self.norm2, h, true);
+        let out = ops::conv2d_fused(&self.conv2, h, None, Some(x));
         if self.output_scale_factor == 1.0 {
             out
         } else {
@@ -142,13 +145,10 @@ impl Upsample2D {
     /// # Shapes
     /// - `x`: `[batch, c, h, w]` -> `[batch, c, 2h, 2w]`, or `[batch, c, size.0, size.1]`
     pub fn forward(&self, x: Tensor<4>, size: Option<[usize; 2]>) -> Tensor<4> {
-        let [b, c, h, w] = x.dims();
         let x = match size {
-            // Exact 2x: repeat each pixel (what nearest interpolation does at scale 2).
-            None => x
-                .reshape([b, c, h, 1, w, 1])
-                .expand([b, c, h, 2, w, 2])
-                .reshape([b, c, h * 2, w * 2]),
+            // Exact 2x: repeat each pixel (what nearest interpolation does at scale 2), fused
+            // with the conv.
+            None => return ops::upsample2x_conv2d(&self.conv, x),
             Some(size) => interpolate(
                 x,
                 InterpolateOptions {
