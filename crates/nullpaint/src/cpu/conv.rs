@@ -47,8 +47,8 @@ impl Conv {
             || sh == 0
             || sw == 0
             || up == 0
-            || self.height % up != 0
-            || self.width % up != 0
+            || !self.height.is_multiple_of(up)
+            || !self.width.is_multiple_of(up)
         {
             return None;
         }

@@ -81,7 +81,7 @@ fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) 
 /// - `h`: `[batch, seq, 2 * inner]` -> `[batch, seq, inner]`
 pub fn geglu(h: &Tensor<3>) -> Option<Tensor<3>> {
     let [batch, seq, width] = h.dims();
-    if !enabled(&h.device()) || h.dtype() != DType::F32 || width % 2 != 0 {
+    if !enabled(&h.device()) || h.dtype() != DType::F32 || !width.is_multiple_of(2) {
         return None;
     }
     let inner = width / 2;
