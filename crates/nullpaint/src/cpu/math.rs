@@ -82,8 +82,9 @@ pub fn silu_in_place(xs: &mut [f32]) {
 }
 
 /// `erf(x)`: Abramowitz & Stegun 7.1.26 (`1 - (a1 t + ... + a5 t^5) e^(-x^2)`, `t = 1 / (1 +
-/// p |x|)`), absolute error below 1.5e-7 (2e-7 with this module's `exp`), sign restored
-/// without a branch. Vectorises: one division, one [`exp`].
+/// p |x|)`), absolute error below 1.5e-7 in exact arithmetic, 5e-7 as evaluated here in f32 (the
+/// final `1 - poly * exp` cancels), sign restored without a branch. Vectorises: one division,
+/// one [`exp`].
 #[inline(always)]
 pub fn erf(x: f32) -> f32 {
     const P: f32 = 0.327_591_1;
@@ -145,7 +146,7 @@ mod tests {
                 "gelu({x})"
             );
         }
-        assert!(worst < 2.5e-7, "worst absolute erf error {worst}");
+        assert!(worst < 5e-7, "worst absolute erf error {worst}");
         assert!(erf(0.0).abs() < 2e-7);
         assert_eq!(erf(20.0), 1.0);
         assert_eq!(erf(-20.0), -1.0);
