@@ -59,6 +59,11 @@ if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
 fi
 # lavapipe only: never pick up a real GPU's ICD half-installed on a CI image.
 export VK_ICD_FILENAMES="${VK_ICD_FILENAMES:-$(ls /usr/share/vulkan/icd.d/lvp_icd.*.json 2>/dev/null | head -1)}"
+# The native build ships with Burn's autotune + fusion (the `gpu-tuned` default feature) and
+# that is what runs here. Tuning on a software adapter only slows the tests down (each candidate
+# kernel is compiled by LLVM on the CPU), so the tests ask CubeCL for its smallest candidate set;
+# the results persist in ~/.cache/nullpaint/gpu (or $NULLPAINT_GPU_CACHE) between runs.
+export CUBECL_AUTOTUNE_LEVEL="${CUBECL_AUTOTUNE_LEVEL:-minimal}"
 cargo test --locked --workspace -- --test-threads=1 --nocapture
 
 # 5. The page in headless Chromium (playwright-core from npm drives the system's Chromium; no

@@ -199,6 +199,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         "model: {model_label}; {0}x{0}, {1} steps, {2} timed UNet steps",
         args.size, args.steps, args.iters
     );
+    // Both sides load from the page cache: the first reader of a cold file would pay the disk.
+    read_through(&folder);
     let started = unix_now();
     let ours = run_nullpaint(
         &args,
@@ -695,6 +697,7 @@ fn run_torch(
         python.display(),
         script.display()
     );
+    read_through(folder);
     let output = Command::new(python)
         .arg(script)
         .arg("--model")
@@ -974,4 +977,20 @@ fn markdown(args: &BenchArgs, report: &Value, theirs: Option<&Value>) -> String 
         ));
     }
     out
+}
+
+/// Reads every file under `dir` once (into the OS page cache), so that neither side's load time
+/// includes reading a cold disk. Unreadable entries are skipped: the loads report them.
+fn read_through(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            read_through(&path);
+        } else if let Ok(mut file) = std::fs::File::open(&path) {
+            let _ = std::io::copy(&mut file, &mut std::io::sink());
+        }
+    }
 }

@@ -7,7 +7,8 @@
 //! pad_l]` (0 outside the image), then `out[:, block] = bias + W[out, in * kh * kw] @ col`.
 //! Blocks are sized so that `col` stays under [`COL_BUDGET`] bytes whatever the image size
 //! (a 512x512 VAE layer would need 1.2 GB at once). 1x1 convolutions with stride 1 and no
-//! padding skip `col`: `out = W @ x`.
+//! padding skip `col`: `out = W @ x`. 3x3 stride-1 convolutions over enough pixels take
+//! [`super::winograd`] instead.
 
 use rayon::prelude::*;
 
@@ -129,6 +130,10 @@ pub fn conv2d_with(
     if out.is_empty() || kdim == 0 {
         return out;
     }
+    if winograd_enabled() && super::winograd::applies(&g) {
+        super::winograd::accumulate(x, weight, &mut out, g);
+        return out;
+    }
     let w_view = View {
         data: weight,
         rs: kdim,
@@ -211,6 +216,13 @@ pub fn conv2d_with(
         }
     }
     out
+}
+
+/// Whether 3x3 stride-1 convolutions may take [`super::winograd`] (`NULLPAINT_WINOGRAD=0`: never,
+/// for comparisons).
+fn winograd_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("NULLPAINT_WINOGRAD").map_or(true, |v| v != "0"))
 }
 
 /// `line[ox] = up(src)[ox * stride + offset]` with `up(src)[i] = src[i / up]`, 0 outside.

@@ -3,7 +3,8 @@
 //!
 //! - [`conv::conv2d`]: im2col in row blocks + one matrix product per block, weights read in
 //!   place (Burn's `flex` re-lays out the weights and transposes the input to NHWC, single
-//!   threaded, on every call, and scatters its output).
+//!   threaded, on every call, and scatters its output); 3x3 stride-1 convolutions over enough
+//!   pixels by Winograd's F(2x2, 3x3) ([`winograd`]), 2.25x fewer multiplications.
 //! - [`attention::attention`]: multi-head attention straight from the `[batch, seq, heads *
 //!   head_dim]` projections, blocks of 64 queries, vectorised `exp` ([`math`]; `flex`'s softmax
 //!   and flash attention call libm's scalar `expf` per score).
@@ -21,6 +22,7 @@ pub mod attention;
 pub mod conv;
 pub mod gemm;
 pub mod math;
+pub mod winograd;
 
 use std::sync::OnceLock;
 
