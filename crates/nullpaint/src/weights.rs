@@ -12,8 +12,8 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use burn::module::{Module, ModuleMapper, Param};
 use burn::backend::DispatchDevice;
+use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
 use half::{bf16, f16};
 use safetensors::Dtype as StDtype;
@@ -380,12 +380,14 @@ impl SafetensorsBuffer<memmap2::Mmap> {
         // SAFETY: the map is read-only and private to this process; a file truncated by another
         // process while mapped is outside what any loader can defend against (candle, burn-store
         // and safetensors' own examples map checkpoints the same way).
-        #[allow(unsafe_code)]
         // `populate`: the whole file is read anyway, and faulting it in with the map is far
         // cheaper than one page fault per 4 KiB page later (Linux; a hint elsewhere).
-        let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }.map_err(|e| WeightError::Io {
-            source_name: name.clone(),
-            error: e,
+        #[allow(unsafe_code)]
+        let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }.map_err(|e| {
+            WeightError::Io {
+                source_name: name.clone(),
+                error: e,
+            }
         })?;
         Self::new(name, map)
     }

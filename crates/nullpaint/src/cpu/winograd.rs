@@ -213,13 +213,18 @@ fn accumulate_in_blocks(x: &[f32], weight: &[f32], out: &mut [f32], g: Conv, blo
                             continue;
                         }
                         let sr = &s[4 * row * len..4 * (row + 1) * len];
-                        let (c0, c1, c2, c3) =
-                            (&sr[..len], &sr[len..2 * len], &sr[2 * len..3 * len], &sr[3 * len..]);
+                        let (c0, c1, c2, c3) = (
+                            &sr[..len],
+                            &sr[len..2 * len],
+                            &sr[2 * len..3 * len],
+                            &sr[3 * len..],
+                        );
                         let out_row = &mut dst[y * ow..(y + 1) * ow];
                         let x0 = 2 * run.tx0;
                         // Full tiles: both columns inside the image.
                         let full = len.min((ow - x0) / 2);
-                        for (t, pair) in out_row[x0..x0 + 2 * full].chunks_exact_mut(2).enumerate() {
+                        for (t, pair) in out_row[x0..x0 + 2 * full].chunks_exact_mut(2).enumerate()
+                        {
                             pair[0] += c0[t] + c1[t] + c2[t];
                             pair[1] += c1[t] - c2[t] - c3[t];
                         }
@@ -308,7 +313,9 @@ mod tests {
     }
 
     fn noise(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (0..n)
             .map(|_| {
                 s = s
