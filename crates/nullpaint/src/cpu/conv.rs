@@ -268,6 +268,14 @@ fn fill_line(line: &mut [f32], src: &[f32], stride: usize, offset: isize) {
 mod tests {
     use super::*;
 
+    fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
     fn naive(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: Conv) -> Vec<f32> {
         let [oh, ow] = g.output_size().unwrap();
         let [kh, kw] = g.kernel;
@@ -341,11 +349,7 @@ mod tests {
             for b in [None, Some(&bias[..])] {
                 let got = conv2d(&x, &wt, b, g);
                 let want = naive(&x, &wt, b, g);
-                let worst = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0.0, f32::max);
+                let worst = max_abs_diff(&got, &want);
                 assert!(worst < 1e-5, "{g:?}: {worst}");
             }
         }
@@ -402,11 +406,7 @@ mod tests {
                     let plane = i / (oh * ow);
                     *v += bb.map_or(0.0, |b| b[plane]) + res.map_or(0.0, |r| r[i]);
                 }
-                let worst = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0.0, f32::max);
+                let worst = max_abs_diff(&got, &want);
                 assert!(worst < 1e-5, "{g:?}: {worst}");
             }
         }
@@ -446,11 +446,7 @@ mod tests {
             let bias = [0.5f32, -1.0, 0.25, 2.0];
             let got = conv2d(&x, &wt, Some(&bias), g);
             let want = naive(&repeated, &wt, Some(&bias), Conv { upsample: 1, ..g });
-            let worst = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, f32::max);
+            let worst = max_abs_diff(&got, &want);
             assert!(worst < 1e-5, "{g:?}: {worst}");
         }
     }
