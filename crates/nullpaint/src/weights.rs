@@ -718,6 +718,33 @@ fn f16_bytes_to_f32(bytes: &[u8]) -> Vec<f32> {
     out
 }
 
+/// `[rows, cols]` row-major -> `[cols, rows]` row-major, in blocks of output rows (in parallel
+/// natively).
+fn transpose_2d(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const BLOCK: usize = 16; // output rows per task: 16 input values read contiguously
+    let mut out = vec![0f32; v.len()];
+    if rows == 0 || cols == 0 {
+        return out;
+    }
+    let fill = |(b, chunk): (usize, &mut [f32])| {
+        let j0 = b * BLOCK;
+        let n = chunk.len() / rows;
+        for i in 0..rows {
+            for (jj, &x) in v[i * cols + j0..i * cols + j0 + n].iter().enumerate() {
+                chunk[jj * rows + i] = x;
+            }
+        }
+    };
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use rayon::prelude::*;
+        out.par_chunks_mut(BLOCK * rows).enumerate().for_each(fill);
+    }
+    #[cfg(target_arch = "wasm32")]
+    out.chunks_mut(BLOCK * rows).enumerate().for_each(fill);
+    out
+}
+
 impl Loader<'_> {
     /// Converts `raw` to the device dtype and uploads it; tensors larger than
     /// `block_bytes` go up in blocks of rows joined on the device, so host memory holds one
@@ -789,7 +816,25 @@ impl Loader<'_> {
             });
             return None;
         }
-        let tensor = match self.upload::<D>(&raw) {
+        // Burn's `linear` reshapes its weight (`[in, out]` -> `[1, in, out]`) for batched
+        // inputs, and the CPU backend's reshape of a transposed view copies it on every call:
+        // there, transposed weights are laid out once, on the host, as they are converted.
+        let host_transpose = layout == Layout::Transposed
+            && D == 2
+            && self.float_dtype == DType::F32
+            && matches!(self.device.as_dispatch(), DispatchDevice::Flex(_));
+        let uploaded = if host_transpose {
+            let [rows, cols] = [raw.shape[0], raw.shape[1]];
+            raw.to_f32().map(|v| {
+                Tensor::from_data(
+                    TensorData::new(transpose_2d(&v, rows, cols), [cols, rows]),
+                    self.device,
+                )
+            })
+        } else {
+            self.upload::<D>(&raw)
+        };
+        let tensor = match uploaded {
             Ok(t) => t,
             Err(message) => {
                 self.problems.push(KeyProblem::DType {
@@ -801,6 +846,7 @@ impl Loader<'_> {
         };
         Some(match layout {
             Layout::Same => tensor,
+            Layout::Transposed if host_transpose => tensor,
             Layout::Transposed => tensor.transpose(),
         })
     }
@@ -888,6 +934,23 @@ mod tests {
             .map(canon)
             .collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn transpose_2d_matches_the_definition() {
+        for (rows, cols) in [(1, 1), (3, 5), (17, 33), (40, 16), (2, 0)] {
+            let v: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+            let t = transpose_2d(&v, rows, cols);
+            for i in 0..rows {
+                for j in 0..cols {
+                    assert_eq!(
+                        t[j * rows + i],
+                        v[i * cols + j],
+                        "{rows}x{cols} at ({i}, {j})"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
