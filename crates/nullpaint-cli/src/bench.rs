@@ -55,7 +55,17 @@ const STAGES: &[(&str, &str)] = &[
     ("vae_decode_first_s", "VAE decode, first call"),
     ("vae_decode_s", "VAE decode"),
     ("inpaint_s", "whole inpaint"),
+    ("load_inpaint_s", "load + whole inpaint"),
 ];
+
+/// Adds `load_inpaint_s` (the model load plus the whole inpaint: what a one-shot command costs)
+/// to a side's `seconds`.
+fn add_load_inpaint(seconds: &mut Map<String, Value>) {
+    let get = |key: &str| seconds.get(key).and_then(Value::as_f64);
+    if let (Some(load), Some(inpaint)) = (get("load_s"), get("inpaint_s")) {
+        seconds.insert("load_inpaint_s".into(), json!(load + inpaint));
+    }
+}
 
 const EXAMPLE: &str = "Examples:
   nullpaint bench --model tests/fixtures/tiny-sd1 --size 64 --steps 2
@@ -87,6 +97,10 @@ pub struct BenchArgs {
     /// Steady-state UNet steps timed after the first call (median and min reported).
     #[arg(long, default_value_t = 3)]
     iters: usize,
+    /// Time only the model load and the whole inpaint (stages 2 to 5 skipped): the peak memory
+    /// of a whole inpaint, on a device too slow to run every stage.
+    #[arg(long)]
+    inpaint_only: bool,
     #[arg(long, value_enum, default_value_t = Backend::Auto)]
     backend: Backend,
     /// Float precision (auto: f16 on a hardware GPU with shader-f16, f32 elsewhere).
@@ -146,7 +160,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     if args.steps == 0 {
         bail!("--steps must be at least 1");
     }
-    if args.iters == 0 {
+    if args.iters == 0 && !args.inpaint_only {
         bail!("--iters must be at least 1");
     }
     if args.size == 0 || args.size > MAX_SIZE {
@@ -247,7 +261,12 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             };
             let result = run_torch(&python, &script, &args, &folder, device, dtype, threads);
             match result {
-                Ok(v) => Some(v),
+                Ok(mut v) => {
+                    if let Some(seconds) = v["seconds"].as_object_mut() {
+                        add_load_inpaint(seconds);
+                    }
+                    Some(v)
+                }
                 Err(e) => {
                     // Our figures are worth printing even when the comparison failed.
                     print_report(&args, &report, None)?;
@@ -305,13 +324,60 @@ fn run_nullpaint(
     sd.vae_tiling = nullpaint::models::vae_tiling::VaeTiling::for_adapter(adapter);
     record(&mut rec, "load_s", t);
 
+    let unet_s = if args.inpaint_only {
+        vec![]
+    } else {
+        time_stages(args, &sd, unet_config, vae_factor, device, &mut rec)?
+    };
+
+    // 6. the whole inpaint
+    let options = InpaintOptions {
+        prompt: PROMPT.into(),
+        negative_prompt: NEGATIVE_PROMPT.into(),
+        steps: args.steps,
+        guidance_scale: GUIDANCE_SCALE,
+        seed: SEED,
+        dilation: DILATION,
+        region: RegionMode::Whole,
+        ..InpaintOptions::default()
+    };
+    let image = test_image(args.size);
+    let mask = test_mask(args.size);
+    let t = Instant::now();
+    sd.inpaint(&image, &mask, &options, &mut |_| ControlFlow::Continue(()))?;
+    record(&mut rec, "inpaint_s", t);
+
+    add_load_inpaint(&mut rec.seconds);
+    let gpu_bytes = rec.gpu.peak(device);
+    drop(sd);
+    // Hand the pool's pages back before PyTorch starts on the same GPU.
+    device.memory_cleanup();
+    Ok(Run {
+        seconds: rec.seconds,
+        unet_s,
+        peak_rss_bytes: peak_rss(),
+        gpu_bytes,
+    })
+}
+
+/// Stages 2 to 5: the text encoder, one guided UNet step, VAE encode and decode, each first
+/// call then steady state. Returns the steady UNet step times.
+fn time_stages(
+    args: &BenchArgs,
+    sd: &StableDiffusion,
+    unet_config: &UNet2DConditionConfig,
+    vae_factor: usize,
+    device: &Device,
+    rec: &mut Recorder,
+) -> Result<Vec<f64>> {
+    let record = |rec: &mut Recorder, key: &str, start: Instant| rec.record(key, start, device);
     // 2. text encoder: [negative, prompt]
     let mut context = None;
     for key in ["text_encoder_first_s", "text_encoder_s"] {
         let t = Instant::now();
-        let ctx = encode_prompts(&sd, &[NEGATIVE_PROMPT, PROMPT])?;
+        let ctx = encode_prompts(sd, &[NEGATIVE_PROMPT, PROMPT])?;
         let _ = ctx.clone().into_data();
-        record(&mut rec, key, t);
+        record(rec, key, t);
         context = Some(ctx);
     }
     let context = context.context("the text encoder ran")?;
@@ -328,7 +394,7 @@ fn run_nullpaint(
         .unet
         .forward(x.clone(), &[999.0], context.clone())
         .into_data();
-    record(&mut rec, "unet_first_s", t);
+    record(rec, "unet_first_s", t);
     let mut unet_s = vec![];
     for _ in 0..args.iters {
         let t = Instant::now();
@@ -366,43 +432,17 @@ fn run_nullpaint(
         let t = Instant::now();
         let mean = sd.vae.encode(pixels.clone()).mean;
         let _ = mean.clone().into_data();
-        record(&mut rec, key, t);
+        record(rec, key, t);
         z = Some(mean);
     }
     let z = z.context("the VAE encoder ran")?;
     for key in ["vae_decode_first_s", "vae_decode_s"] {
         let t = Instant::now();
         let _ = sd.vae.decode(z.clone()).into_data();
-        record(&mut rec, key, t);
+        record(rec, key, t);
     }
     drop((pixels, z));
-
-    // 6. the whole inpaint
-    let options = InpaintOptions {
-        prompt: PROMPT.into(),
-        negative_prompt: NEGATIVE_PROMPT.into(),
-        steps: args.steps,
-        guidance_scale: GUIDANCE_SCALE,
-        seed: SEED,
-        dilation: DILATION,
-        region: RegionMode::Whole,
-        ..InpaintOptions::default()
-    };
-    let mask = test_mask(args.size);
-    let t = Instant::now();
-    sd.inpaint(&image, &mask, &options, &mut |_| ControlFlow::Continue(()))?;
-    record(&mut rec, "inpaint_s", t);
-
-    let gpu_bytes = rec.gpu.peak(device);
-    drop(sd);
-    // Hand the pool's pages back before PyTorch starts on the same GPU.
-    device.memory_cleanup();
-    Ok(Run {
-        seconds: rec.seconds,
-        unet_s,
-        peak_rss_bytes: peak_rss(),
-        gpu_bytes,
-    })
+    Ok(unet_s)
 }
 
 /// Each stage's seconds, and the GPU memory sampled after it.
@@ -726,6 +766,7 @@ fn run_torch(
             "--seed",
             &SEED.to_string(),
         ])
+        .args(args.inpaint_only.then_some("--inpaint-only"))
         .stderr(Stdio::inherit())
         .output()
         .with_context(|| format!("starting {}", python.display()))?;
@@ -739,7 +780,8 @@ fn run_torch(
         .find(|l| l.trim_start().starts_with('{'))
         .context("it printed no JSON line")?;
     let value: Value = serde_json::from_str(line).context("its JSON line does not parse")?;
-    for (key, _) in STAGES {
+    // The stages every run has (--inpaint-only skips the others).
+    for key in ["load_s", "inpaint_s"] {
         if value["seconds"][key].as_f64().is_none() {
             bail!("its JSON has no seconds.{key}");
         }
@@ -920,14 +962,14 @@ fn markdown(args: &BenchArgs, report: &Value, theirs: Option<&Value>) -> String 
         report["command"].as_str().unwrap_or("?"),
     );
     out.push_str(&format!(
-        "| run | load | text enc. | UNet step, first | UNet step, median / min of {} | VAE enc. | VAE dec. | inpaint, {} steps | peak RSS | GPU memory |\n",
+        "| run | load | text enc. | UNet step, first | UNet step, median / min of {} | VAE enc. | VAE dec. | inpaint, {} steps | load + inpaint | peak RSS | GPU memory |\n",
         args.iters, args.steps
     ));
-    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     let s = |v: &Value, k: &str| v["seconds"][k].as_f64().map_or("n/a".into(), short_secs);
     let row = |name: String, v: &Value, gpu_key: &str| {
         format!(
-            "| {name} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} |\n",
+            "| {name} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} | {} |\n",
             s(v, "load_s"),
             s(v, "text_encoder_s"),
             s(v, "unet_first_s"),
@@ -936,6 +978,7 @@ fn markdown(args: &BenchArgs, report: &Value, theirs: Option<&Value>) -> String 
             s(v, "vae_encode_s"),
             s(v, "vae_decode_s"),
             s(v, "inpaint_s"),
+            s(v, "load_inpaint_s"),
             gib(&v["peak_rss_bytes"]),
             gib(&v[gpu_key]),
         )
@@ -963,7 +1006,7 @@ fn markdown(args: &BenchArgs, report: &Value, theirs: Option<&Value>) -> String 
         let r = &report["ratios"];
         let f = |k: &str| r[k].as_f64().map_or("n/a".into(), |x| format!("{x:.2}"));
         out.push_str(&format!(
-            "| ratio nullpaint / PyTorch | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} |\n",
+            "| ratio nullpaint / PyTorch | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} | {} |\n",
             f("load_s"),
             f("text_encoder_s"),
             f("unet_first_s"),
@@ -972,6 +1015,7 @@ fn markdown(args: &BenchArgs, report: &Value, theirs: Option<&Value>) -> String 
             f("vae_encode_s"),
             f("vae_decode_s"),
             f("inpaint_s"),
+            f("load_inpaint_s"),
             f("peak_rss_bytes"),
             f("gpu_memory_bytes"),
         ));

@@ -19,6 +19,11 @@ use nullpaint::pipeline::{
 };
 use nullpaint::regions::DEFAULT_CONTEXT;
 
+/// Large blocks kept for reuse and backed by huge pages: the CPU backend's per-step buffers
+/// otherwise fault in fresh, zeroed pages on every call (see `nullpaint::cpu::alloc`).
+#[global_allocator]
+static ALLOC: nullpaint::cpu::alloc::BlockCache = nullpaint::cpu::alloc::BlockCache::new();
+
 const EXAMPLE: &str = "Example:
   nullpaint inpaint --image photo.png --mask mask.png --prompt \"a wooden bench in a park\"
 

@@ -18,6 +18,7 @@
 //! kernels is tested here and, through the models, with diffusers' fixtures. Setting
 //! `NULLPAINT_CPU_KERNELS=0` turns the fast paths off (for comparisons).
 
+pub mod alloc;
 pub mod attention;
 pub mod conv;
 pub mod gemm;

@@ -144,7 +144,7 @@ pub fn flash_attention_aligned(
 }
 
 /// Flash attention as a Burn backend extension (lazy under fusion, like the DDNM kernels).
-#[backend_extension(Cube, Fusion: cfg(all(feature = "gpu-tuned", not(target_arch = "wasm32"))))]
+#[backend_extension(Cube, Fusion: cfg(feature = "fusion"))]
 pub trait FlashAttentionBackend: Backend {
     /// `[b, h, q_len, d]` x `[b, h, kv_len, d]` x `[b, h, kv_len, d]` -> `[b, h, q_len, d]`.
     #[fusion(dtype = query, shape = query)]

@@ -20,7 +20,7 @@ use super::StepParams;
 use super::kernel::{ddnm_step_kernel, latent_mask_kernel};
 
 /// The DDNM operations a backend can run natively.
-#[backend_extension(Cube, Fusion: cfg(all(feature = "gpu-tuned", not(target_arch = "wasm32"))))]
+#[backend_extension(Cube, Fusion: cfg(feature = "fusion"))]
 pub trait DdnmBackend: Backend {
     /// `pixel_mask [H, W]` -> `[H / factor, W / factor]` (see [`latent_mask_kernel`]).
     #[fusion(dtype = pixel_mask, shape = {
