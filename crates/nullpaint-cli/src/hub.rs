@@ -77,11 +77,31 @@ fn from_cache(repo_id: &str) -> Result<PathBuf> {
     for (component, stem) in WEIGHTS {
         let fp16 = format!("{component}/{stem}.fp16.safetensors");
         let full = format!("{component}/{stem}.safetensors");
-        if repo.get(&fp16).is_none() && repo.get(&full).is_none() {
+        if repo.get(&fp16).is_some() || repo.get(&full).is_some() {
+            continue;
+        }
+        // Sharded: the index and every shard it names.
+        let Some(index) = [&fp16, &full]
+            .iter()
+            .find_map(|f| repo.get(&format!("{f}.index.json")))
+        else {
             return Err(missing(&fp16));
+        };
+        for shard in shards_of(&index)? {
+            let f = format!("{component}/{shard}");
+            repo.get(&f).ok_or_else(|| missing(&f))?;
         }
     }
     snapshot_dir(&index)
+}
+
+/// The shard file names a downloaded `*.safetensors.index.json` lists.
+fn shards_of(index: &Path) -> Result<Vec<String>> {
+    let bytes = std::fs::read(index).with_context(|| format!("reading {}", index.display()))?;
+    Ok(nullpaint::weights::shard_files(
+        &index.display().to_string(),
+        &bytes,
+    )?)
 }
 
 fn snapshot_dir(model_index: &Path) -> Result<PathBuf> {
@@ -124,9 +144,23 @@ fn download(repo_id: &str) -> Result<PathBuf> {
             files.push(fp16);
         } else if has(&full) {
             files.push(full);
+        } else if let Some(index) = [&fp16, &full]
+            .into_iter()
+            .map(|f| format!("{f}.index.json"))
+            .find(|f| has(f))
+        {
+            // Sharded: the index first, to learn the shards' names.
+            let path = repo
+                .get(&index)
+                .with_context(|| format!("downloading {index} from {repo_id}"))?;
+            files.extend(
+                shards_of(&path)?
+                    .into_iter()
+                    .map(|shard| format!("{component}/{shard}")),
+            );
         } else {
             bail!(
-                "{repo_id} has no safetensors weights for {component} (looked for {fp16} and {full})"
+                "{repo_id} has no safetensors weights for {component} (looked for {fp16} and {full}, and their .index.json)"
             );
         }
     }

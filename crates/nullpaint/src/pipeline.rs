@@ -176,6 +176,33 @@ impl FolderSource {
 }
 
 #[cfg(not(target_arch = "wasm32"))]
+impl FolderSource {
+    /// The shards a `*.safetensors.index.json` names, mapped and joined.
+    fn sharded(
+        &self,
+        index: &std::path::Path,
+    ) -> Result<Box<dyn TensorSource + '_>, PipelineError> {
+        let name = index.display().to_string();
+        let bytes = std::fs::read(index)
+            .map_err(|e| PipelineError::Source(format!("cannot read {name}: {e}")))?;
+        let files = crate::weights::shard_files(&name, &bytes)?;
+        let dir = index.parent().unwrap_or(&self.root);
+        let mut parts: Vec<Box<dyn TensorSource>> = vec![];
+        for file in &files {
+            let path = dir.join(file);
+            if !path.is_file() {
+                return Err(PipelineError::Source(format!(
+                    "{name} names the shard {file}, which is not in {}: download the whole folder again",
+                    dir.display()
+                )));
+            }
+            parts.push(Box::new(crate::weights::SafetensorsFile::open(path)?));
+        }
+        Ok(Box::new(crate::weights::ShardedSource::new(name, parts)?))
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
 impl ModelSource for FolderSource {
     fn describe(&self) -> String {
         self.root.display().to_string()
@@ -199,6 +226,13 @@ impl ModelSource for FolderSource {
             let path = self.root.join(c);
             if path.is_file() {
                 return Ok(Box::new(crate::weights::SafetensorsFile::open(path)?));
+            }
+        }
+        // Sharded: `<name>.safetensors.index.json` and the shards it names, next to it.
+        for c in &candidates {
+            let index = self.root.join(format!("{c}.index.json"));
+            if index.is_file() {
+                return self.sharded(&index);
             }
         }
         let bin = self
@@ -255,7 +289,19 @@ fn load_component<M: burn::module::Module>(
     keys: &KeyMap,
     device: &Device,
 ) -> Result<M, PipelineError> {
-    load_module(module, &*source.weights(component)?, keys, device).map_err(|e| match e {
+    let mut tensors = source.weights(component)?;
+    if component == "vae" {
+        let renames = AutoencoderKL::legacy_key_renames(&tensors.keys());
+        if !renames.is_empty() {
+            tracing::info!(
+                "{}: {} VAE attention weights under their pre-0.14 diffusers names (query / key / value / proj_attn), read as to_q / to_k / to_v / to_out.0",
+                tensors.name(),
+                renames.len()
+            );
+            tensors = Box::new(crate::weights::RenamedSource::new(tensors, renames));
+        }
+    }
+    load_module(module, &*tensors, keys, device).map_err(|e| match e {
         WeightError::Mismatch {
             source_name,
             problems,
@@ -267,6 +313,41 @@ fn load_component<M: burn::module::Module>(
         }),
         other => PipelineError::Weights(other),
     })
+}
+
+/// The scheduler of a model folder, with the corrections diffusers' `StableDiffusionPipeline`
+/// makes to outdated configs (its `__init__`, with a deprecation warning each): `steps_offset`
+/// other than 1 (or absent: DDIM's default is 0) becomes 1, and `clip_sample` true (or absent:
+/// DDIM's default is true) becomes false. Without them an old SD 1.x folder would start one
+/// timestep early and clamp every predicted latent to +-1, washing the picture out.
+pub fn scheduler_from_json(file: &str, bytes: &[u8]) -> Result<DdimScheduler, PipelineError> {
+    let mut config: crate::schedulers::ddim::DdimSchedulerConfig =
+        crate::models::parse_config(file, bytes)?;
+    for warning in legacy_scheduler_fixes(&mut config) {
+        tracing::warn!("{file}: {warning}");
+    }
+    Ok(DdimScheduler::new(config, file)?)
+}
+
+/// Applies diffusers' pipeline corrections to `config`; returns a warning for each.
+pub fn legacy_scheduler_fixes(
+    config: &mut crate::schedulers::ddim::DdimSchedulerConfig,
+) -> Vec<String> {
+    let mut warnings = vec![];
+    if config.steps_offset != 1 {
+        warnings.push(format!(
+            "this scheduler config is outdated: `steps_offset` should be 1 instead of {}; using 1, as diffusers' StableDiffusionPipeline does (update the file to silence this)",
+            config.steps_offset
+        ));
+        config.steps_offset = 1;
+    }
+    if config.clip_sample {
+        warnings.push(
+            "this scheduler config has `clip_sample` true (or unset, which means true); Stable Diffusion latents must not be clipped, so using false, as diffusers' StableDiffusionPipeline does (update the file to silence this)".into(),
+        );
+        config.clip_sample = false;
+    }
+    warnings
 }
 
 fn config_bytes(source: &dyn ModelSource, path: &str) -> Result<Vec<u8>, PipelineError> {
@@ -317,7 +398,7 @@ impl StableDiffusion {
             &file("vae/config.json"),
             &config_bytes(source, "vae/config.json")?,
         )?;
-        let scheduler = DdimScheduler::from_json(
+        let scheduler = scheduler_from_json(
             &file("scheduler/scheduler_config.json"),
             &config_bytes(source, "scheduler/scheduler_config.json")?,
         )?;

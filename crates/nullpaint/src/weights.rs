@@ -431,6 +431,163 @@ impl TensorSource for TensorMap {
     }
 }
 
+/// Several tensor sources seen as one: a checkpoint split into shards
+/// (`diffusion_pytorch_model.safetensors.index.json` and the files it names). Each key must live
+/// in exactly one shard.
+pub struct ShardedSource<'a> {
+    name: String,
+    parts: Vec<Box<dyn TensorSource + 'a>>,
+    owner: BTreeMap<String, usize>,
+}
+
+impl fmt::Debug for ShardedSource<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShardedSource")
+            .field("name", &self.name)
+            .field("shards", &self.parts.len())
+            .finish()
+    }
+}
+
+impl<'a> ShardedSource<'a> {
+    /// Joins `parts`; a key found in two shards is an error.
+    pub fn new(
+        name: impl Into<String>,
+        parts: Vec<Box<dyn TensorSource + 'a>>,
+    ) -> Result<Self, WeightError> {
+        let name = name.into();
+        let mut owner = BTreeMap::new();
+        for (i, part) in parts.iter().enumerate() {
+            for key in part.keys() {
+                if let Some(j) = owner.insert(key.clone(), i) {
+                    return Err(WeightError::Format {
+                        source_name: name,
+                        message: format!(
+                            "tensor {key} is in two shards ({} and {}); the shards belong to different checkpoints",
+                            parts[j].name(),
+                            part.name()
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(Self { name, parts, owner })
+    }
+}
+
+impl TensorSource for ShardedSource<'_> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn keys(&self) -> Vec<String> {
+        self.owner.keys().cloned().collect()
+    }
+
+    fn tensor(&self, key: &str) -> Result<Option<RawTensor<'_>>, WeightError> {
+        match self.owner.get(key) {
+            Some(&i) => self.parts[i].tensor(key),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The shard file names a safetensors index (`*.safetensors.index.json`, as transformers and
+/// diffusers write it: `{"metadata": .., "weight_map": {key: file}}`) names, in order of first
+/// appearance. Names are plain file names next to the index: no folders, no `..`.
+pub fn shard_files(name: &str, index_json: &[u8]) -> Result<Vec<String>, WeightError> {
+    let bad = |message: String| WeightError::Format {
+        source_name: name.to_string(),
+        message,
+    };
+    let value: serde_json::Value = serde_json::from_slice(index_json)
+        .map_err(|e| bad(format!("not a JSON shard index: {e}")))?;
+    let map = value
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| bad("the shard index has no \"weight_map\" object".into()))?;
+    let mut files: Vec<String> = vec![];
+    for (key, file) in map {
+        let file = file
+            .as_str()
+            .ok_or_else(|| bad(format!("weight_map.{key} is not a file name")))?;
+        let plain = !file.is_empty()
+            && !file.contains(['/', '\\'])
+            && file != ".."
+            && file != "."
+            && file.ends_with(".safetensors");
+        if !plain {
+            return Err(bad(format!(
+                "weight_map.{key} names {file:?}: shards must be .safetensors files next to the index"
+            )));
+        }
+        if !files.iter().any(|f| f == file) {
+            files.push(file.to_string());
+        }
+    }
+    if files.is_empty() {
+        return Err(bad("the shard index names no shard files".into()));
+    }
+    Ok(files)
+}
+
+/// A tensor source read under other key names: `renames` maps the name the model expects to the
+/// name stored (legacy checkpoints, e.g. the VAE attention's `query` for today's `to_q`).
+pub struct RenamedSource<'a> {
+    inner: Box<dyn TensorSource + 'a>,
+    /// new -> stored
+    to_stored: BTreeMap<String, String>,
+    /// stored -> new
+    to_new: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for RenamedSource<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RenamedSource")
+            .field("name", &self.inner.name())
+            .field("renames", &self.to_stored.len())
+            .finish()
+    }
+}
+
+impl<'a> RenamedSource<'a> {
+    /// `renames`: (stored name, name the model expects) pairs.
+    pub fn new(inner: Box<dyn TensorSource + 'a>, renames: Vec<(String, String)>) -> Self {
+        let to_new: BTreeMap<String, String> = renames.into_iter().collect();
+        let to_stored = to_new.iter().map(|(o, n)| (n.clone(), o.clone())).collect();
+        Self {
+            inner,
+            to_stored,
+            to_new,
+        }
+    }
+}
+
+impl TensorSource for RenamedSource<'_> {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn keys(&self) -> Vec<String> {
+        self.inner
+            .keys()
+            .into_iter()
+            .map(|k| self.to_new.get(&k).cloned().unwrap_or(k))
+            .collect()
+    }
+
+    fn tensor(&self, key: &str) -> Result<Option<RawTensor<'_>>, WeightError> {
+        if let Some(stored) = self.to_stored.get(key) {
+            return self.inner.tensor(stored);
+        }
+        if self.to_new.contains_key(key) {
+            // Stored under this name but read under another one.
+            return Ok(None);
+        }
+        self.inner.tensor(key)
+    }
+}
+
 /// How checkpoint keys relate to a module's field paths.
 #[derive(Debug, Clone, Default)]
 pub struct KeyMap {

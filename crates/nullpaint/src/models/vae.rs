@@ -285,6 +285,43 @@ pub struct Posterior {
 }
 
 impl AutoencoderKL {
+    /// The renames of diffusers' `ModelMixin._convert_deprecated_attention_blocks`: VAE
+    /// checkpoints saved before diffusers 0.14 name the mid-block attention's projections
+    /// `query`, `key`, `value`, `proj_attn` (today `to_q`, `to_k`, `to_v`, `to_out.0`; the
+    /// `group_norm` keeps its name). Returns (stored, expected) pairs for the stored `keys` that
+    /// use the old names, none when the expected name is stored too.
+    pub fn legacy_key_renames(keys: &[String]) -> Vec<(String, String)> {
+        let present: std::collections::BTreeSet<&str> = keys.iter().map(String::as_str).collect();
+        let mut out = vec![];
+        for key in keys {
+            let mut parts = key.split('.');
+            let (Some(side), Some("mid_block"), Some("attentions"), Some(index)) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let rest: Vec<&str> = parts.collect();
+            let [old, param @ ("weight" | "bias")] = rest[..] else {
+                continue;
+            };
+            let new = match old {
+                "query" => "to_q",
+                "key" => "to_k",
+                "value" => "to_v",
+                "proj_attn" => "to_out.0",
+                _ => continue,
+            };
+            if !matches!(side, "encoder" | "decoder") || index.parse::<usize>().is_err() {
+                continue;
+            }
+            let renamed = format!("{side}.mid_block.attentions.{index}.{new}.{param}");
+            if !present.contains(renamed.as_str()) {
+                out.push((key.clone(), renamed));
+            }
+        }
+        out
+    }
+
     /// `scaling_factor` from the config (0.18215 for SD 1.x / 2.x).
     pub fn scaling_factor(&self) -> f64 {
         self.scaling_factor
