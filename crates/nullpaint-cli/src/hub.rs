@@ -40,6 +40,9 @@ pub fn resolve(model: &str) -> Result<PathBuf> {
     if path.is_dir() {
         return Ok(path.to_path_buf());
     }
+    if path.is_file() {
+        bail!("{}", single_file_refusal(path));
+    }
     let is_repo_id = model.split('/').count() == 2
         && !model.starts_with('.')
         && !model.starts_with('/')
@@ -93,6 +96,37 @@ fn from_cache(repo_id: &str) -> Result<PathBuf> {
         }
     }
     snapshot_dir(&index)
+}
+
+/// Why `--model FILE` is refused: what the file is (from its first bytes and, for safetensors,
+/// its header alone) and what to do instead.
+fn single_file_refusal(path: &Path) -> String {
+    use nullpaint::checkpoint::{CheckpointKind, FileFormat, SUPPORTED, identify_file};
+    let shown = path.display();
+    let (format, kind) = match identify_file(path) {
+        Ok(found) => found,
+        Err(e) => return format!("--model {shown}: cannot read it as a model file: {e}"),
+    };
+    let what = match format {
+        FileFormat::Safetensors => kind.describe(),
+        FileFormat::TorchZip | FileFormat::Pickle => {
+            "a PyTorch pickle (.ckpt / .pt / .bin): pickles can run code when loaded and are never read"
+                .into()
+        }
+        FileFormat::Gguf => "a GGUF file (stable-diffusion.cpp's quantised format)".into(),
+        FileFormat::Unknown => "not a model file nullpaint recognises".into(),
+    };
+    let todo = match kind {
+        CheckpointKind::Sd1Single { .. } | CheckpointKind::Sd2Single { .. } => {
+            "; single files are not loaded yet: convert it once with diffusers (`StableDiffusionPipeline.from_single_file(FILE).save_pretrained(FOLDER)`) and pass the folder"
+        }
+        CheckpointKind::Lora => "; pass the base model it was trained for instead",
+        _ if matches!(format, FileFormat::TorchZip | FileFormat::Pickle) => {
+            "; use the model's diffusers folder (safetensors) instead"
+        }
+        _ => "",
+    };
+    format!("--model {shown} is {what}{todo}. {SUPPORTED}.")
 }
 
 /// The shard file names a downloaded `*.safetensors.index.json` lists.

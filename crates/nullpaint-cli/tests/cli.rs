@@ -209,6 +209,21 @@ fn cli_bad_inputs_fail_cleanly() {
     let bytes = std::fs::read(&w).unwrap();
     std::fs::write(&w, &bytes[..bytes.len() / 2]).unwrap();
     let broken = broken.to_str().unwrap().to_string();
+    // Files that are not SD 1.x / 2.x diffusers folders: each named before any large read.
+    std::fs::write(dir.join("model.ckpt"), b"PK\x03\x04 a torch.save zip").unwrap();
+    let header = br#"{"lora_unet_down_blocks_0.lora_down.weight":{"dtype":"F16","shape":[2,2],"data_offsets":[0,8]}}"#;
+    let mut lora = (header.len() as u64).to_le_bytes().to_vec();
+    lora.extend_from_slice(header);
+    lora.extend_from_slice(&[0; 8]);
+    std::fs::write(dir.join("lora.safetensors"), lora).unwrap();
+    std::fs::create_dir_all(dir.join("sdxl")).unwrap();
+    std::fs::write(
+        dir.join("sdxl/model_index.json"),
+        br#"{"_class_name": "StableDiffusionXLPipeline"}"#,
+    )
+    .unwrap();
+    let vae_file = fixtures().join("tiny-sd1/vae/diffusion_pytorch_model.safetensors");
+    let vae_file = vae_file.to_str().unwrap();
     let base = |extra: &[&str]| {
         let mut v: Vec<String> = [
             "inpaint",
@@ -353,6 +368,44 @@ fn cli_bad_inputs_fail_cleanly() {
                 "--mask",
                 mask,
                 "--model",
+                "model.ckpt",
+                "-o",
+                "o.png",
+            ]),
+            "PyTorch pickle",
+        ),
+        (
+            base(&[
+                "--image",
+                img,
+                "--mask",
+                mask,
+                "--model",
+                "lora.safetensors",
+                "-o",
+                "o.png",
+            ]),
+            "LoRA",
+        ),
+        (
+            base(&[
+                "--image", img, "--mask", mask, "--model", vae_file, "-o", "o.png",
+            ]),
+            "one diffusers component (AutoencoderKL)",
+        ),
+        (
+            base(&[
+                "--image", img, "--mask", mask, "--model", "sdxl", "-o", "o.png",
+            ]),
+            "SDXL pipeline",
+        ),
+        (
+            base(&[
+                "--image",
+                img,
+                "--mask",
+                mask,
+                "--model",
                 "someone/some-model",
                 "-o",
                 "o.png",
@@ -427,7 +480,17 @@ fn cli_bad_inputs_fail_cleanly() {
         );
         assert!(!err.contains("panicked"), "{args:?} panicked:\n{err}");
         assert_eq!(
-            leftovers(&dir, &["garbage.png", "input.png", "broken-model"]),
+            leftovers(
+                &dir,
+                &[
+                    "garbage.png",
+                    "input.png",
+                    "broken-model",
+                    "model.ckpt",
+                    "lora.safetensors",
+                    "sdxl"
+                ]
+            ),
             Vec::<String>::new(),
             "{args:?} left files"
         );

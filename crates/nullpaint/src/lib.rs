@@ -7,6 +7,7 @@
 //! selection), [`regions`] (photos larger than the model: crops, scaling, the feathered
 //! blend), [`pipeline`] (the method, shared by the CLI and the browser).
 
+pub mod checkpoint;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod cpu;
 pub mod device;

@@ -163,6 +163,16 @@ impl FolderSource {
                 root.display()
             )));
         }
+        // Another model family: say which, before looking for SD's parts.
+        if let Ok(index) = std::fs::read(root.join("model_index.json"))
+            && let Some(what) = crate::checkpoint::unsupported_pipeline(&index)
+        {
+            return Err(PipelineError::Source(format!(
+                "{} is {what}; {}",
+                root.display(),
+                crate::checkpoint::SUPPORTED
+            )));
+        }
         for part in ["unet", "vae", "text_encoder", "tokenizer", "scheduler"] {
             if !root.join(part).is_dir() {
                 return Err(PipelineError::Source(format!(
