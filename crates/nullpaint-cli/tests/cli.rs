@@ -101,6 +101,65 @@ fn cli_inpaint_matches_the_python_reference_on_both_backends() {
     }
 }
 
+/// A repo in the Hugging Face cache, offline: the legacy folder (sharded UNet, old VAE names,
+/// outdated scheduler config) found by repo id, giving diffusers' picture.
+#[test]
+fn cli_runs_a_sharded_legacy_repo_from_the_hub_cache() {
+    let case = "legacy_sd1_guided_64x64";
+    let dir = tempdir("hub-cache");
+    let repo = dir.join("hf-home/hub/models--someone--legacy-sd");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "0123abcd").unwrap();
+    copy_dir(
+        &fixtures().join("legacy-sd1"),
+        &repo.join("snapshots/0123abcd"),
+    );
+    let img = e2e(&format!("{case}.image.png"));
+    let mask = e2e(&format!("{case}.mask.png"));
+    let out = nullpaint(
+        &[
+            "inpaint",
+            "--image",
+            img.to_str().unwrap(),
+            "--mask",
+            mask.to_str().unwrap(),
+            "--prompt",
+            "a red apple on a wooden table",
+            "--negative-prompt",
+            "blurry",
+            "--model",
+            "someone/legacy-sd",
+            "--steps",
+            "4",
+            "--seed",
+            "42",
+            "--backend",
+            "cpu",
+            "--output",
+            "result.png",
+        ],
+        &dir,
+    );
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("steps_offset") && err.contains("clip_sample"),
+        "the scheduler corrections are reported: {err}"
+    );
+    let want = image::open(e2e(&format!("{case}.out.png")))
+        .unwrap()
+        .to_rgb8();
+    let got = image::open(dir.join("result.png")).unwrap().to_rgb8();
+    let max = got
+        .as_raw()
+        .iter()
+        .zip(want.as_raw())
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    assert!(max <= 1, "differs from diffusers' picture by {max} levels");
+}
+
 #[test]
 fn cli_outpaints_without_a_mask_and_reports_regions() {
     // A 64x64 photo grown by 100 px on the right: 164x64 is wider than tiny-sd1's 128 px
@@ -507,7 +566,8 @@ fn copy_dir(from: &Path, to: &Path) {
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
         let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
+        // `is_dir` follows links (legacy-sd1 links tiny-sd1's text encoder and tokenizer).
+        if entry.path().is_dir() {
             copy_dir(&entry.path(), &target);
         } else {
             std::fs::copy(entry.path(), &target).unwrap();
