@@ -793,6 +793,17 @@ function hideRunError() {
   $("run-error").hidden = true;
 }
 
+// The modes the loaded model can run: inpaint-unet and both need an inpainting UNet,
+// projection a base one; auto always works.
+function updateModes(inpaintingUnet) {
+  const select = $("mode");
+  for (const option of select.options) {
+    const needsInpaintingUnet = option.value === "inpaint-unet" || option.value === "both";
+    option.disabled = option.value !== "auto" && needsInpaintingUnet !== Boolean(inpaintingUnet);
+  }
+  if (select.selectedOptions[0]?.disabled) select.value = "auto";
+}
+
 function wholeNumber(id, name, min, max) {
   const raw = $(id).value.trim();
   const n = Number(raw);
@@ -819,6 +830,7 @@ function options() {
     steps, guidanceScale, seed, dilation,
     region: $("region").value,
     context, feather, extend,
+    mode: $("mode").value,
     preview: true,
   };
 }
@@ -1170,6 +1182,7 @@ function renderModels(models, storage, loadedId) {
         const r = await modelOp("load", { id: m.id });
         if (r) {
           state.loadInfo = r.info;
+          updateModes(r.info.inpaintingUnet);
           const S = r.info.workingSize;
           $("gpu-status").textContent = `${$("gpu-status").textContent.split(" · ")[0]} · ${m.name} loaded in ${r.info.seconds.toFixed(1)} s, shaders ready in ${r.info.warmUpSeconds.toFixed(1)} s (${r.info.weightsDType}; wasm memory ${bytes(r.info.heapBytes)})` +
             (S ? ` · works at ${S}×${S} px: larger photos run by regions of up to ${S} px` : "");

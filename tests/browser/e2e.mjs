@@ -276,6 +276,9 @@ try {
     `loading warms the shaders up with a 1-step run at the working size (${info.warmUpSeconds?.toFixed(2)} s)`);
 
   check(info.workingSize === 128, `the model's working size is reported: ${info.workingSize} px (tiny-sd1: sample_size 16 x 8)`);
+  const modes = await page.evaluate(() => [...document.getElementById("mode").options].map((o) => `${o.value}${o.disabled ? " (off)" : ""}`).join(", "));
+  check(info.inpaintingUnet === false && modes === "auto, projection, inpaint-unet (off), both (off)",
+    `a base model offers the projection modes only: ${modes}`);
 
   // 4. photo, mask painted with the mouse, settings
   const imagePath = join(FIXTURES, "reference/e2e/sd1_guided_64x64.image.png");

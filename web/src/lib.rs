@@ -79,6 +79,8 @@ struct JsOptions {
     feather: Option<usize>,
     /// [left, top, right, bottom] pixels.
     extend: Option<[usize; 4]>,
+    /// "auto" | "projection" | "inpaint-unet" | "both".
+    mode: Option<String>,
 }
 
 impl JsOptions {
@@ -119,6 +121,10 @@ impl JsOptions {
                     bottom,
                 })
                 .unwrap_or(defaults.extend),
+            mode: match self.mode {
+                Some(m) => m.parse()?,
+                None => defaults.mode,
+            },
         })
     }
 }
@@ -246,8 +252,9 @@ impl Engine {
 
     /// Loads a diffusers Stable Diffusion model from its files (`Map<path, Blob>`), streaming
     /// the weights tensor by tensor to the GPU. `onProgress(bytesRead, totalBytes, path)`.
-    /// Returns `{ name, sizeMultiple, workingSize, seconds, heapBytes, weightsDType }`
-    /// (`workingSize`: the model's trained size in pixels; larger photos run by regions).
+    /// Returns `{ name, sizeMultiple, workingSize, inpaintingUnet, seconds, heapBytes,
+    /// weightsDType }` (`workingSize`: the model's trained size in pixels; larger photos run by
+    /// regions; `inpaintingUnet`: the modes `inpaint-unet` and `both` are available).
     #[wasm_bindgen(js_name = loadModel)]
     pub fn load_model(
         &mut self,
@@ -281,6 +288,7 @@ impl Engine {
             "name": name,
             "sizeMultiple": model.size_multiple,
             "workingSize": model.working_size,
+            "inpaintingUnet": model.has_inpainting_unet(),
             "seconds": (js_sys::Date::now() - started) / 1000.0,
             "heapBytes": heap_bytes(),
             "weightsDType": dtype_name(self.device.settings().float_dtype),
@@ -491,6 +499,9 @@ mod tests {
         // Above 2^53 a JS number loses digits: the page sends seeds as strings.
         let o = parse(r#"{"prompt":"a","seed":"18446744073709551615"}"#).unwrap();
         assert_eq!(o.seed, u64::MAX);
+        let o = parse(r#"{"prompt":"a","mode":"inpaint-unet"}"#).unwrap();
+        assert_eq!(o.mode, nullpaint::pipeline::InpaintMode::InpaintUnet);
+        assert_eq!(d.mode, nullpaint::pipeline::InpaintMode::Auto);
     }
 
     #[test]
@@ -507,6 +518,7 @@ mod tests {
                 "region mode \"tiles\"",
             ),
             (r#"{"prompt":"a","extend":[1,2,3]}"#, "invalid length 3"),
+            (r#"{"prompt":"a","mode":"blend"}"#, "unknown mode \"blend\""),
             (r#"{"prompt":"a","feather":-1}"#, "integer `-1`"),
             (r#"{"steps":4}"#, "missing field `prompt`"),
         ] {

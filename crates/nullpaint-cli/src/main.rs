@@ -15,7 +15,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use nullpaint::device::{BackendChoice, Precision};
 use nullpaint::models::vae_tiling::VaeTiling;
 use nullpaint::pipeline::{
-    Extend, FolderSource, InpaintOptions, MaskImage, Progress, RegionMode, StableDiffusion, Stage,
+    Extend, FolderSource, InpaintMode, InpaintOptions, MaskImage, Progress, RegionMode,
+    StableDiffusion, Stage,
 };
 use nullpaint::regions::DEFAULT_CONTEXT;
 
@@ -68,6 +69,18 @@ enum RegionArg {
     Whole,
     /// regions around the holes, whatever the photo's size
     Crop,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ModeArg {
+    /// projection on a base model, inpaint-unet on an inpainting model (9-channel UNet)
+    Auto,
+    /// DDNM's null-space projection in latent space, on a base model (SPEC.md)
+    Projection,
+    /// an inpainting model as diffusers' StableDiffusionInpaintPipeline runs it
+    InpaintUnet,
+    /// an inpainting model with the projection on top of it at every step
+    Both,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -125,6 +138,10 @@ struct InpaintArgs {
     /// sides); the new area is filled like a hole.
     #[arg(long, value_name = "L,T,R,B")]
     extend: Option<Extend>,
+    /// How the known pixels steer the fill: DDNM's projection (base models), an inpainting
+    /// UNet's own conditioning (sd-1.5-inpainting, sd-2-inpainting), or both together.
+    #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
+    mode: ModeArg,
     #[arg(long, value_enum, default_value_t = Backend::Auto)]
     backend: Backend,
     /// Float precision of weights and activations: f16 halves GPU memory (norms and attention
@@ -242,8 +259,23 @@ fn inpaint(args: InpaintArgs) -> Result<()> {
         context: args.context,
         feather: args.feather,
         extend: args.extend.unwrap_or_default(),
+        mode: match args.mode {
+            ModeArg::Auto => InpaintMode::Auto,
+            ModeArg::Projection => InpaintMode::Projection,
+            ModeArg::InpaintUnet => InpaintMode::InpaintUnet,
+            ModeArg::Both => InpaintMode::Both,
+        },
     };
     sd.validate(&image, &mask, &options)?;
+    let mode = sd.resolve_mode(options.mode)?;
+    if options.mode == InpaintMode::Auto {
+        let unet = if sd.has_inpainting_unet() {
+            "an inpainting UNet"
+        } else {
+            "a base UNet"
+        };
+        eprintln!("mode: {mode} ({unet}; --mode to choose)");
+    }
     let plan = sd.plan(&mask, &options);
     let sd_canvas = options
         .extend

@@ -106,6 +106,53 @@ fn cli_inpaint_matches_the_python_reference_on_both_backends() {
     }
 }
 
+/// An inpainting model (9-channel UNet): `--mode auto` picks `inpaint-unet` and says so, and the
+/// picture is diffusers' StableDiffusionInpaintPipeline's.
+#[test]
+fn cli_runs_an_inpainting_model_as_diffusers_does() {
+    let case = "sd1_inpaint_unet_guided_64x64";
+    let want = image::open(e2e(&format!("{case}.out.png")))
+        .unwrap()
+        .to_rgb8();
+    let dir = tempdir("inpaint-unet");
+    let img = e2e(&format!("{case}.image.png"));
+    let mask = e2e(&format!("{case}.mask.png"));
+    let model = fixtures().join("tiny-sd1-inpaint");
+    let out = nullpaint(
+        &[
+            "inpaint",
+            "--image",
+            img.to_str().unwrap(),
+            "--mask",
+            mask.to_str().unwrap(),
+            "--prompt",
+            "a red apple on a wooden table",
+            "--negative-prompt",
+            "blurry",
+            "--model",
+            model.to_str().unwrap(),
+            "--steps",
+            "4",
+            "--seed",
+            "42",
+            "--backend",
+            "cpu",
+            "-o",
+            "result.png",
+        ],
+        &dir,
+    );
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("mode: inpaint-unet (an inpainting UNet"),
+        "{err}"
+    );
+    let got = image::open(dir.join("result.png")).unwrap().to_rgb8();
+    let max = max_level_diff(&got, &want);
+    assert!(max <= 1, "differs from diffusers' picture by {max} levels");
+}
+
 /// A repo in the Hugging Face cache, offline: the legacy folder (sharded UNet, old VAE names,
 /// outdated scheduler config) found by repo id, giving diffusers' picture.
 #[test]
@@ -524,6 +571,33 @@ fn cli_bad_inputs_fail_cleanly() {
         (
             base(&["--image", img, "--model", model, "-o", "o.png"]),
             "--extend",
+        ),
+        (
+            base(&[
+                "--image", img, "--mask", mask, "--model", model, "--mode", "both", "-o", "o.png",
+            ]),
+            "`both` needs an inpainting UNet",
+        ),
+        (
+            base(&[
+                "--image",
+                img,
+                "--mask",
+                mask,
+                "--model",
+                &fixtures().join("tiny-sd1-inpaint").display().to_string(),
+                "--mode",
+                "projection",
+                "-o",
+                "o.png",
+            ]),
+            "`projection` runs on a base UNet",
+        ),
+        (
+            base(&[
+                "--image", img, "--mask", mask, "--model", model, "--mode", "paint", "-o", "o.png",
+            ]),
+            "inpaint-unet",
         ),
     ];
     let before = std::fs::read(dir.join("input.png")).unwrap();

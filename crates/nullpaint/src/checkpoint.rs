@@ -249,7 +249,7 @@ pub fn unsupported_pipeline(model_index_json: &[u8]) -> Option<String> {
 }
 
 /// The sentence every refusal ends with.
-pub const SUPPORTED: &str = "nullpaint runs Stable Diffusion 1.x and 2.x (base, v-prediction and 9-channel inpainting UNets refused for now) from a diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/, safetensors weights) or a Hugging Face repo id of one";
+pub const SUPPORTED: &str = "nullpaint runs Stable Diffusion 1.x and 2.x (base, v-prediction and 9-channel inpainting UNets) from a diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/, safetensors weights) or a Hugging Face repo id of one";
 
 #[cfg(test)]
 mod tests {

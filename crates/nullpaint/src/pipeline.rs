@@ -45,6 +45,64 @@ pub struct InpaintOptions {
     pub feather: usize,
     /// Outpainting: pixels added on each side; they are filled like a hole.
     pub extend: Extend,
+    /// How the known pixels steer the result: the projection, an inpainting UNet, or both.
+    pub mode: InpaintMode,
+}
+
+/// How the known region steers the denoising ([`InpaintOptions::mode`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InpaintMode {
+    /// `projection` for a base UNet (4 input channels), `inpaint-unet` for an inpainting UNet
+    /// (9 input channels: latent, mask, masked-image latent).
+    #[default]
+    Auto,
+    /// DDNM's null-space projection in latent space (SPEC.md) on a base UNet.
+    Projection,
+    /// diffusers' `StableDiffusionInpaintPipeline` on an inpainting UNet: the hole mask and the
+    /// masked image's latent (a posterior sample, drawn from the seed's generator after the
+    /// initial noise) are concatenated to the UNet's input; plain DDIM steps.
+    InpaintUnet,
+    /// `inpaint-unet`'s UNet inputs and, at every step, the projection of SPEC.md on its
+    /// clean-latent estimate (`z_y` the posterior mean, the hole dilated by `dilation`).
+    Both,
+}
+
+impl InpaintMode {
+    /// The names the CLI and the page use, in order.
+    pub const NAMES: [&'static str; 4] = ["auto", "projection", "inpaint-unet", "both"];
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+
+    fn projects(self) -> bool {
+        matches!(self, Self::Projection | Self::Both)
+    }
+
+    fn conditions_unet(self) -> bool {
+        matches!(self, Self::InpaintUnet | Self::Both)
+    }
+}
+
+impl std::fmt::Display for InpaintMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for InpaintMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        const ALL: [InpaintMode; 4] = [
+            InpaintMode::Auto,
+            InpaintMode::Projection,
+            InpaintMode::InpaintUnet,
+            InpaintMode::Both,
+        ];
+        ALL.into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| format!("unknown mode {s:?}: use one of {}", Self::NAMES.join(", ")))
+    }
 }
 
 impl Default for InpaintOptions {
@@ -62,6 +120,7 @@ impl Default for InpaintOptions {
             context: regions::DEFAULT_CONTEXT,
             feather: 0,
             extend: Extend::default(),
+            mode: InpaintMode::Auto,
         }
     }
 }
@@ -288,6 +347,9 @@ pub struct StableDiffusion {
     pub vae_tiling: VaeTiling,
     vae_factor: usize,
     latent_channels: usize,
+    /// The UNet takes the mask and the masked image's latent besides the noisy latent
+    /// (`in_channels = 2 * latent_channels + 1`: sd-1.5-inpainting, sd-2-inpainting).
+    inpainting_unet: bool,
     device: Device,
 }
 
@@ -455,6 +517,7 @@ impl StableDiffusion {
             vae_tiling: VaeTiling::default_for(device),
             vae_factor,
             latent_channels: vae_config.latent_channels,
+            inpainting_unet: unet_config.in_channels == 2 * vae_config.latent_channels + 1,
             device: device.clone(),
         })
     }
@@ -475,15 +538,12 @@ impl StableDiffusion {
                 te.hidden_size, unet.cross_attention_dim
             )));
         }
-        if unet.in_channels != vae.latent_channels {
-            let hint = if unet.in_channels == 9 {
-                " (this is an inpainting checkpoint: DDNM needs the base model of the same family, e.g. stable-diffusion-v1-5)"
-            } else {
-                ""
-            };
+        let c = vae.latent_channels;
+        if unet.in_channels != c && unet.in_channels != 2 * c + 1 {
             return Err(PipelineError::Incompatible(format!(
-                "the UNet takes {} input channels but the VAE makes {} latent channels{hint}",
-                unet.in_channels, vae.latent_channels
+                "the UNet takes {} input channels but the VAE makes {c} latent channels (a base UNet takes {c}, an inpainting UNet {})",
+                unet.in_channels,
+                2 * c + 1
             )));
         }
         if unet.out_channels != vae.latent_channels {
@@ -497,6 +557,32 @@ impl StableDiffusion {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// Whether the UNet is an inpainting UNet (mask and masked-image latent as extra inputs).
+    pub fn has_inpainting_unet(&self) -> bool {
+        self.inpainting_unet
+    }
+
+    /// The mode a run with `mode` uses on this model (`auto` resolved), or why it cannot run.
+    pub fn resolve_mode(&self, mode: InpaintMode) -> Result<InpaintMode, PipelineError> {
+        let invalid = |message: String| {
+            Err(PipelineError::InvalidInput {
+                what: "mode",
+                message,
+            })
+        };
+        match (mode, self.inpainting_unet) {
+            (InpaintMode::Auto, false) => Ok(InpaintMode::Projection),
+            (InpaintMode::Auto, true) => Ok(InpaintMode::InpaintUnet),
+            (InpaintMode::Projection, true) => invalid(
+                "`projection` runs on a base UNet, and this model's UNet is an inpainting UNet (9 input channels): use `inpaint-unet`, `both` (the projection on top of it) or `auto`".into(),
+            ),
+            (InpaintMode::InpaintUnet | InpaintMode::Both, false) => invalid(format!(
+                "`{mode}` needs an inpainting UNet (9 input channels, e.g. stable-diffusion-inpainting), and this model's UNet is a base UNet: use `projection` or `auto`"
+            )),
+            (m, _) => Ok(m),
+        }
     }
 
     /// Checks the options and the image / mask pair without running anything.
@@ -607,6 +693,7 @@ impl StableDiffusion {
                 ),
             );
         }
+        self.resolve_mode(options.mode)?;
         // The scheduler owns the range of valid step counts.
         let mut scheduler = self.scheduler.clone();
         scheduler.set_timesteps(options.steps)?;
@@ -843,27 +930,53 @@ impl StableDiffusion {
 
         // 2. observation: z_y = scaling * mean(E(y)); latent mask
         report(Progress::Stage(Stage::EncodingImage), progress)?;
+        let mode = self.resolve_mode(options.mode)?;
         let sf = self.vae.scaling_factor() as f32;
         let y = Tensor::<4>::from_data(TensorData::new(x, [1, 3, hp, wp]), device);
-        let z_y = self.vae.encode_with(y, self.vae_tiling).mean * sf; // [1, c, hp/f, wp/f]
+        let posterior = self.vae.encode_with(y, self.vae_tiling); // [1, c, hp/f, wp/f] each
+        let z_y = posterior.mean.clone() * sf;
         let pixel_mask = Tensor::<2>::from_data(TensorData::new(known, [hp, wp]), device);
-        let m_l = kernel::latent_mask(pixel_mask, self.vae_factor, options.dilation); // [hp/f, wp/f]
-
-        // 3. DDIM with the projection at every step
-        report(Progress::Stage(Stage::Denoising), progress)?;
         let (lh, lw) = (hp / self.vae_factor, wp / self.vae_factor);
+        let m_l = if mode.projects() {
+            kernel::latent_mask(pixel_mask.clone(), self.vae_factor, options.dilation) // [lh, lw]
+        } else {
+            // No projection: M_l = 0 makes z0_hat = z0, a plain DDIM step.
+            Tensor::<2>::zeros([lh, lw], device)
+        };
+
+        // 3. DDIM (with the projection at every step in projection / both modes); the
+        //    initial noise is the generator's first draw, as in diffusers
+        report(Progress::Stage(Stage::Denoising), progress)?;
         let shape = [1, self.latent_channels, lh, lw];
-        let mut z = Tensor::<4>::from_data(
-            TensorData::new(crate::rng::randn(seed, &shape), shape),
-            device,
-        );
+        let n: usize = shape.iter().product();
+        let mut generator = crate::rng::TorchGenerator::new(seed);
+        let mut z = Tensor::<4>::from_data(TensorData::new(generator.randn(n), shape), device);
+        // Inpainting UNet inputs, as diffusers' StableDiffusionInpaintPipeline makes them: the
+        // hole mask nearest-downsampled (1 = hole) and a sample of the masked image's
+        // posterior (`mean + std * noise`, the generator's second draw), scaled.
+        let unet_extra = if mode.conditions_unet() {
+            let noise = Tensor::<4>::from_data(TensorData::new(generator.randn(n), shape), device);
+            let std = (posterior.logvar * 0.5).exp();
+            let masked_latents = (posterior.mean + std * noise) * sf; // [1, c, lh, lw]
+            let hole = kernel::latent_mask(pixel_mask, self.vae_factor, 0)
+                .neg()
+                .add_scalar(1.0)
+                .reshape([1, 1, lh, lw]);
+            Some(Tensor::cat(vec![hole, masked_latents], 1)) // [1, 1 + c, lh, lw]
+        } else {
+            None
+        };
         let total = scheduler.timesteps().len();
         for i in 0..total {
             let coefficients = scheduler.coefficients(i);
+            let single = match &unet_extra {
+                Some(extra) => Tensor::cat(vec![z.clone(), extra.clone()], 1), // [1, 2c + 1, lh, lw]
+                None => z.clone(),
+            };
             let input = if guided {
-                Tensor::cat(vec![z.clone(), z.clone()], 0)
+                Tensor::cat(vec![single.clone(), single], 0)
             } else {
-                z.clone()
+                single
             };
             let out = self
                 .unet

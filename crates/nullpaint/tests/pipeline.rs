@@ -1,6 +1,7 @@
 //! End-to-end parity: the pipeline against SPEC.md implemented in Python on diffusers
 //! components (tests/fixtures/generate.py), on tiny epsilon and v_prediction models, guided and
-//! unguided, at a working size and a padded size; on every test device. Hole pixels may differ
+//! unguided, at a working size and a padded size, and with an inpainting UNet (`inpaint-unet`
+//! judged by diffusers' StableDiffusionInpaintPipeline, `both`); on every test device. Hole pixels may differ
 //! by at most 1 level of 255, known pixels must be byte-identical.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,7 +10,7 @@ mod common;
 use std::ops::ControlFlow;
 
 use nullpaint::pipeline::{
-    FolderSource, InpaintOptions, MaskImage, Progress, RgbImage, StableDiffusion,
+    FolderSource, InpaintMode, InpaintOptions, MaskImage, Progress, RgbImage, StableDiffusion,
 };
 
 #[test]
@@ -40,6 +41,7 @@ fn pipeline_matches_python_spec_reference() {
                 dilation: case["dilation"].as_u64().unwrap() as usize,
                 paste_back: true,
                 preview: true,
+                mode: case["mode"].as_str().unwrap().parse().unwrap(),
                 ..Default::default()
             };
             let mut steps_seen = 0;
@@ -209,6 +211,21 @@ fn pipeline_rejects_bad_inputs_with_clear_errors() {
     );
     assert!(e.contains("dilation"), "{e}");
 
+    for mode in [InpaintMode::InpaintUnet, InpaintMode::Both] {
+        let e = run(
+            &image,
+            &mask,
+            InpaintOptions {
+                mode,
+                ..Default::default()
+            },
+        );
+        assert!(
+            e.contains(&format!("`{mode}` needs an inpainting UNet")) && e.contains("projection"),
+            "{e}"
+        );
+    }
+
     let err = FolderSource::new(common::fixtures().join("tiny-unet-inpaint9"))
         .unwrap_err()
         .to_string();
@@ -242,4 +259,42 @@ fn pipeline_rejects_parts_that_do_not_fit_together() {
         "{err}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn modes_follow_the_unet() {
+    let base = tiny_sd1_on_cpu();
+    let inpainting = StableDiffusion::load(
+        &FolderSource::new(common::fixtures().join("tiny-sd1-inpaint")).unwrap(),
+        &nullpaint::device::cpu(),
+    )
+    .unwrap();
+    assert!(!base.has_inpainting_unet() && inpainting.has_inpainting_unet());
+    assert_eq!(
+        base.resolve_mode(InpaintMode::Auto).unwrap(),
+        InpaintMode::Projection
+    );
+    assert_eq!(
+        inpainting.resolve_mode(InpaintMode::Auto).unwrap(),
+        InpaintMode::InpaintUnet
+    );
+    assert_eq!(
+        inpainting.resolve_mode(InpaintMode::Both).unwrap(),
+        InpaintMode::Both
+    );
+    let e = inpainting
+        .resolve_mode(InpaintMode::Projection)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("inpainting UNet") && e.contains("`both`"), "{e}");
+    // The names round-trip.
+    for name in InpaintMode::NAMES {
+        assert_eq!(name.parse::<InpaintMode>().unwrap().to_string(), name);
+    }
+    assert!(
+        "inpaint"
+            .parse::<InpaintMode>()
+            .unwrap_err()
+            .contains("inpaint-unet")
+    );
 }
