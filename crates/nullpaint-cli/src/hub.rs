@@ -43,12 +43,26 @@ pub fn resolve(model: &str) -> Result<PathBuf> {
     if path.is_file() {
         bail!("{}", single_file_refusal(path));
     }
+    let model = match nullpaint::checkpoint::model_alias(model) {
+        Some(alias) => {
+            eprintln!("model: {} = {} ({})", alias.alias, alias.repo, alias.about);
+            alias.repo
+        }
+        None => model,
+    };
     let is_repo_id = model.split('/').count() == 2
         && !model.starts_with('.')
         && !model.starts_with('/')
         && !model.contains('\\');
     if !is_repo_id {
-        bail!("--model {model}: no such folder, and not a Hugging Face repo id (owner/name)");
+        let names: Vec<&str> = nullpaint::checkpoint::MODEL_ALIASES
+            .iter()
+            .map(|a| a.alias)
+            .collect();
+        bail!(
+            "--model {model}: no such folder, not a Hugging Face repo id (owner/name), and not a short name ({})",
+            names.join(", ")
+        );
     }
     if offline() {
         from_cache(model)

@@ -103,7 +103,9 @@ struct InpaintArgs {
     /// What to paint into the hole.
     #[arg(long)]
     prompt: String,
-    /// A diffusers folder, or a Hugging Face repo id.
+    /// A diffusers folder, a Hugging Face repo id, or a short name: sd15, sd14, sd15-inpainting,
+    /// sd2-base, sd2, sd21-base, sd21, sd2-inpainting, sd-turbo, bk-sdm-base, bk-sdm-small,
+    /// bk-sdm-tiny, small-sd, tiny-sd (README, "Model families").
     #[arg(long, default_value = hub::DEFAULT_MODEL)]
     model: String,
     /// What to steer away from.

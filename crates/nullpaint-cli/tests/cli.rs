@@ -293,6 +293,17 @@ fn cli_help_shows_an_example() {
         text.contains("Example:") && text.contains("nullpaint inpaint --image"),
         "{text}"
     );
+    // Every short model name is listed (clap wraps lines: compare words).
+    let words: Vec<&str> = text
+        .split(|c: char| c.is_whitespace() || c == ',' || c == ':')
+        .collect();
+    for alias in nullpaint::checkpoint::MODEL_ALIASES {
+        assert!(
+            words.contains(&alias.alias),
+            "{} missing in:\n{text}",
+            alias.alias
+        );
+    }
 }
 
 #[test]
@@ -465,6 +476,12 @@ fn cli_bad_inputs_fail_cleanly() {
                 "o.png",
             ]),
             "no such folder",
+        ),
+        (
+            base(&[
+                "--image", img, "--mask", mask, "--model", "sd-turbo", "-o", "o.png",
+            ]),
+            "of stabilityai/sd-turbo is not in the cache",
         ),
         (
             base(&[

@@ -248,12 +248,119 @@ pub fn unsupported_pipeline(model_index_json: &[u8]) -> Option<String> {
     Some(format!("a {family} pipeline ({class})"))
 }
 
+/// A short name `--model` accepts for a common Hugging Face repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelAlias {
+    pub alias: &'static str,
+    pub repo: &'static str,
+    /// What it is and how to run it.
+    pub about: &'static str,
+}
+
+const fn alias(alias: &'static str, repo: &'static str, about: &'static str) -> ModelAlias {
+    ModelAlias { alias, repo, about }
+}
+
+/// The short names of `--model` (README, "Model families", says what was verified for each).
+pub const MODEL_ALIASES: &[ModelAlias] = &[
+    alias(
+        "sd15",
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "SD 1.5, 512 px (the default)",
+    ),
+    alias("sd14", "CompVis/stable-diffusion-v1-4", "SD 1.4, 512 px"),
+    alias(
+        "sd15-inpainting",
+        "stable-diffusion-v1-5/stable-diffusion-inpainting",
+        "SD 1.5 inpainting UNet, 512 px (--mode inpaint-unet or both)",
+    ),
+    alias(
+        "sd2-base",
+        "stabilityai/stable-diffusion-2-base",
+        "SD 2.0 base, 512 px",
+    ),
+    alias(
+        "sd2",
+        "stabilityai/stable-diffusion-2",
+        "SD 2.0, 768 px, v-prediction",
+    ),
+    alias(
+        "sd21-base",
+        "stabilityai/stable-diffusion-2-1-base",
+        "SD 2.1 base, 512 px",
+    ),
+    alias(
+        "sd21",
+        "stabilityai/stable-diffusion-2-1",
+        "SD 2.1, 768 px, v-prediction",
+    ),
+    alias(
+        "sd2-inpainting",
+        "stabilityai/stable-diffusion-2-inpainting",
+        "SD 2 inpainting UNet, 512 px (--mode inpaint-unet or both)",
+    ),
+    alias(
+        "sd-turbo",
+        "stabilityai/sd-turbo",
+        "SD-Turbo (SD 2.1 distilled), 512 px: --steps 1 to 4 --guidance-scale 0",
+    ),
+    alias(
+        "bk-sdm-base",
+        "nota-ai/bk-sdm-base",
+        "BK-SDM base (SD 1.4 distilled UNet, 0.58 B)",
+    ),
+    alias(
+        "bk-sdm-small",
+        "nota-ai/bk-sdm-small",
+        "BK-SDM small (no mid block, 0.48 B)",
+    ),
+    alias(
+        "bk-sdm-tiny",
+        "nota-ai/bk-sdm-tiny",
+        "BK-SDM tiny (no mid block, three stages, 0.32 B)",
+    ),
+    alias(
+        "small-sd",
+        "segmind/small-sd",
+        "segmind small-sd (distilled SD 1.5)",
+    ),
+    alias(
+        "tiny-sd",
+        "segmind/tiny-sd",
+        "segmind tiny-sd (distilled SD 1.5)",
+    ),
+];
+
+/// The repository a short `--model` name stands for.
+pub fn model_alias(name: &str) -> Option<&'static ModelAlias> {
+    MODEL_ALIASES
+        .iter()
+        .find(|a| a.alias.eq_ignore_ascii_case(name))
+}
+
 /// The sentence every refusal ends with.
 pub const SUPPORTED: &str = "nullpaint runs Stable Diffusion 1.x and 2.x (base, v-prediction and 9-channel inpainting UNets) from a diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/, safetensors weights) or a Hugging Face repo id of one";
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aliases_are_unique_short_names_of_repo_ids() {
+        let mut seen = std::collections::BTreeSet::new();
+        for a in MODEL_ALIASES {
+            assert!(seen.insert(a.alias), "{} twice", a.alias);
+            assert!(
+                !a.alias.contains('/') && a.repo.split('/').count() == 2,
+                "{a:?}"
+            );
+        }
+        assert_eq!(
+            model_alias("SD15").map(|a| a.repo),
+            Some(MODEL_ALIASES[0].repo)
+        );
+        assert_eq!(model_alias("sd16"), None);
+    }
 
     fn keys(list: &[(&str, &[usize])]) -> BTreeMap<String, Vec<usize>> {
         list.iter()

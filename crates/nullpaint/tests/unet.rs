@@ -1,5 +1,6 @@
 //! UNet2DConditionModel parity with diffusers on tiny fixtures (batch 2, t = 1, 500, 999), on
-//! every test device, plus full-size SD 1.5 / 2.1 structure checks against diffusers' key list.
+//! every test device, plus full-size SD 1.5 / 2.1 / BK-SDM structure checks against diffusers' key
+//! lists.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -16,11 +17,15 @@ fn config(path: &std::path::Path) -> UNet2DConditionConfig {
 }
 
 fn parity(name: &str, folder: &str) {
+    parity_in("unet.safetensors", name, folder);
+}
+
+fn parity_in(reference: &str, name: &str, folder: &str) {
     let folder = common::fixtures().join(folder);
     let config = config(&folder);
     let weights =
         SafetensorsFile::open(folder.join("diffusion_pytorch_model.safetensors")).unwrap();
-    let reference = common::Reference::open("unet.safetensors");
+    let reference = common::Reference::open(reference);
     for (device_name, device) in common::devices() {
         let unet = load_module(
             config.init(&device).unwrap(),
@@ -59,6 +64,26 @@ fn unet_inpainting_9_channels_without_mid_block_matches_diffusers() {
     parity("inpaint9", "tiny-unet-inpaint9");
 }
 
+/// BK-SDM small's shape: three stages, one layer per block, no mid block.
+#[test]
+fn unet_bk_sdm_small_shape_matches_diffusers() {
+    parity_in(
+        "unet_small.safetensors",
+        "tiny-bk-sdm-small",
+        "tiny-bk-sdm-small/unet",
+    );
+}
+
+/// BK-SDM tiny's shape: cross-attention stages only, no mid block.
+#[test]
+fn unet_bk_sdm_tiny_shape_matches_diffusers() {
+    parity_in(
+        "unet_small.safetensors",
+        "tiny-bk-sdm-tiny",
+        "tiny-bk-sdm-tiny/unet",
+    );
+}
+
 fn full_size(model: &str, params: Option<u64>) {
     let device = nullpaint::device::cpu();
     let unet = config(&common::fixtures().join("configs").join(model).join("unet"))
@@ -80,6 +105,14 @@ fn unet_full_size_sd15_structure_matches_diffusers() {
 #[test]
 fn unet_full_size_sd21_structure_matches_diffusers() {
     full_size("sd21", None);
+}
+
+/// The distilled UNets of BK-SDM at full size (the paper's 0.58 B / 0.49 B / 0.33 B).
+#[test]
+fn unet_full_size_bk_sdm_structures_match_diffusers() {
+    full_size("bk-sdm-base", Some(579_384_964));
+    full_size("bk-sdm-small", Some(482_346_884));
+    full_size("bk-sdm-tiny", Some(323_384_964));
 }
 
 #[test]
