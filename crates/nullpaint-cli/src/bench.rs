@@ -186,6 +186,12 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         }
         (Some(model), None) => {
             let folder = hub::resolve(model)?;
+            if folder.is_file() {
+                bail!(
+                    "bench takes a diffusers folder; {} is a single-file checkpoint",
+                    folder.display()
+                );
+            }
             (folder, model.clone())
         }
         (None, None) => bail!("give --model DIR|REPO_ID or --random sd15|sd21"),

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use hf_hub::api::sync::ApiBuilder;
 use hf_hub::{Cache, Repo};
+use nullpaint::checkpoint::CheckpointKind;
 
 pub const DEFAULT_MODEL: &str = "stable-diffusion-v1-5/stable-diffusion-v1-5";
 
@@ -33,7 +34,7 @@ fn offline() -> bool {
         .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
 }
 
-/// A local folder as it is, or the snapshot folder of a repo in the cache (downloading what is
+/// A local folder or single-file SD checkpoint as it is, or the snapshot folder of a repo in the cache (downloading what is
 /// missing unless offline).
 pub fn resolve(model: &str) -> Result<PathBuf> {
     let path = Path::new(model);
@@ -41,6 +42,12 @@ pub fn resolve(model: &str) -> Result<PathBuf> {
         return Ok(path.to_path_buf());
     }
     if path.is_file() {
+        // Single-file SD 1.x / 2.x checkpoints load as they are; anything else is named.
+        if let Ok((_, CheckpointKind::Sd1Single { .. } | CheckpointKind::Sd2Single { .. })) =
+            nullpaint::checkpoint::identify_file(path)
+        {
+            return Ok(path.to_path_buf());
+        }
         bail!("{}", single_file_refusal(path));
     }
     let model = match nullpaint::checkpoint::model_alias(model) {
@@ -131,9 +138,6 @@ fn single_file_refusal(path: &Path) -> String {
         FileFormat::Unknown => "not a model file nullpaint recognises".into(),
     };
     let todo = match kind {
-        CheckpointKind::Sd1Single { .. } | CheckpointKind::Sd2Single { .. } => {
-            "; single files are not loaded yet: convert it once with diffusers (`StableDiffusionPipeline.from_single_file(FILE).save_pretrained(FOLDER)`) and pass the folder"
-        }
         CheckpointKind::Lora => "; pass the base model it was trained for instead",
         _ if matches!(format, FileFormat::TorchZip | FileFormat::Pickle) => {
             "; use the model's diffusers folder (safetensors) instead"

@@ -19,6 +19,7 @@ use nullpaint::pipeline::{
     StableDiffusion, Stage,
 };
 use nullpaint::regions::DEFAULT_CONTEXT;
+use nullpaint::single_file::{Family, SingleFileOptions, SingleFileSource};
 
 /// Large blocks kept for reuse and backed by huge pages: the CPU backend's per-step buffers
 /// otherwise fault in fresh, zeroed pages on every call (see `nullpaint::cpu::alloc`).
@@ -72,6 +73,14 @@ enum RegionArg {
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub(crate) enum PredictionArg {
+    /// the noise (SD 1.x, SD 2.x base, inpainting models)
+    Epsilon,
+    /// v = sqrt(a) noise - sqrt(1 - a) x0 (SD 2.x 768 px)
+    VPrediction,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum ModeArg {
     /// projection on a base model, inpaint-unet on an inpainting model (9-channel UNet)
     Auto,
@@ -103,11 +112,21 @@ struct InpaintArgs {
     /// What to paint into the hole.
     #[arg(long)]
     prompt: String,
-    /// A diffusers folder, a Hugging Face repo id, or a short name: sd15, sd14, sd15-inpainting,
+    /// A diffusers folder, a single-file SD 1.x / 2.x .safetensors checkpoint, a Hugging Face
+    /// repo id, or a short name: sd15, sd14, sd15-inpainting,
     /// sd2-base, sd2, sd21-base, sd21, sd2-inpainting, sd-turbo, bk-sdm-base, bk-sdm-small,
     /// bk-sdm-tiny, small-sd, tiny-sd (README, "Model families").
     #[arg(long, default_value = hub::DEFAULT_MODEL)]
     model: String,
+    /// For a single-file checkpoint: a diffusers folder whose configs and tokenizer to use
+    /// instead of the family's bundled ones (like diffusers' `from_single_file(config=...)`).
+    #[arg(long, value_name = "DIR")]
+    config: Option<PathBuf>,
+    /// For a single-file checkpoint: what its UNet predicts. Default as diffusers'
+    /// from_single_file: SD 2.x (768 px) v-prediction, everything else epsilon; pass epsilon
+    /// for an SD 2.x base (512 px) file.
+    #[arg(long, value_enum)]
+    prediction_type: Option<PredictionArg>,
     /// What to steer away from.
     #[arg(long, default_value = "")]
     negative_prompt: String,
@@ -177,6 +196,65 @@ fn main() {
     }
 }
 
+/// Loads a diffusers folder, or a single-file checkpoint (with `config`, a diffusers folder
+/// whose configs and tokenizer to use instead of the bundled ones, and a prediction type
+/// override).
+pub(crate) fn load_model(
+    path: &std::path::Path,
+    config: Option<&std::path::Path>,
+    prediction_type: Option<PredictionArg>,
+    device: &burn::tensor::Device,
+) -> Result<StableDiffusion> {
+    if !path.is_file() {
+        if config.is_some() || prediction_type.is_some() {
+            bail!(
+                "--config and --prediction-type are for single-file checkpoints; {} is a diffusers folder, whose own configs are used",
+                path.display()
+            );
+        }
+        let source = FolderSource::new(path)?;
+        return StableDiffusion::load(&source, device)
+            .with_context(|| format!("loading the model from {}", path.display()));
+    }
+    let config_source = config.map(FolderSource::new).transpose()?;
+    let file = nullpaint::weights::SafetensorsFile::open(path)?;
+    let source = SingleFileSource::new(
+        Box::new(file),
+        SingleFileOptions {
+            config: config_source
+                .as_ref()
+                .map(|c| c as &dyn nullpaint::pipeline::ModelSource),
+            prediction_type: prediction_type.map(|p| match p {
+                PredictionArg::Epsilon => nullpaint::schedulers::PredictionType::Epsilon,
+                PredictionArg::VPrediction => nullpaint::schedulers::PredictionType::VPrediction,
+            }),
+        },
+    )?;
+    let family = match source.family() {
+        Family::Sd1 => "SD 1.x",
+        Family::Sd2 => "SD 2.x",
+    };
+    let configs = match config {
+        Some(dir) => format!("configs and tokenizer from {}", dir.display()),
+        None => "bundled configs and tokenizer".into(),
+    };
+    eprintln!(
+        "model: {} read as a single-file {family} checkpoint ({configs})",
+        path.display()
+    );
+    StableDiffusion::load(&source, device).with_context(|| match config {
+        Some(dir) => format!(
+            "loading the checkpoint {} with the configs of {}",
+            path.display(),
+            dir.display()
+        ),
+        None => format!(
+            "loading the checkpoint {} with the bundled {family} configs; a model of another structure (distilled, custom) needs --config DIR, a diffusers folder of its architecture",
+            path.display()
+        ),
+    })
+}
+
 fn inpaint(args: InpaintArgs) -> Result<()> {
     let start = Instant::now();
     // 1. everything the user gave, checked before any model work
@@ -234,11 +312,14 @@ fn inpaint(args: InpaintArgs) -> Result<()> {
     let (selected, dtype) = open_device(args.backend, args.precision)?;
     let device = selected.device;
     eprintln!("device: {} ({dtype})", selected.description);
-    let folder = hub::resolve(&args.model)?;
+    let model_path = hub::resolve(&args.model)?;
     let load_start = Instant::now();
-    let source = FolderSource::new(&folder)?;
-    let mut sd = StableDiffusion::load(&source, &device)
-        .with_context(|| format!("loading the model from {}", folder.display()))?;
+    let mut sd = load_model(
+        &model_path,
+        args.config.as_deref(),
+        args.prediction_type,
+        &device,
+    )?;
     // Tile the VAE only where an activation would pass the adapter's storage binding limit.
     sd.vae_tiling = VaeTiling::for_adapter(selected.adapter.as_ref());
     let load_time = load_start.elapsed();

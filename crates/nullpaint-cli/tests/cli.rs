@@ -153,6 +153,77 @@ fn cli_runs_an_inpainting_model_as_diffusers_does() {
     assert!(max <= 1, "differs from diffusers' picture by {max} levels");
 }
 
+/// A single-file checkpoint in the original layout: with the tiny folder's configs it gives the
+/// folder's picture; with the bundled (full-size) configs it says what to do.
+#[test]
+fn cli_runs_a_single_file_checkpoint() {
+    let case = "sd1_guided_64x64";
+    let want = image::open(e2e(&format!("{case}.out.png")))
+        .unwrap()
+        .to_rgb8();
+    let dir = tempdir("single-file");
+    let img = e2e(&format!("{case}.image.png"));
+    let mask = e2e(&format!("{case}.mask.png"));
+    let file = fixtures().join("single-file/tiny-sd1.safetensors");
+    let config = fixtures().join("tiny-sd1");
+    let args = |extra: &[&str]| {
+        let mut v: Vec<String> = [
+            "inpaint",
+            "--image",
+            img.to_str().unwrap(),
+            "--mask",
+            mask.to_str().unwrap(),
+            "--prompt",
+            "a red apple on a wooden table",
+            "--negative-prompt",
+            "blurry",
+            "--model",
+            file.to_str().unwrap(),
+            "--steps",
+            "4",
+            "--seed",
+            "42",
+            "--backend",
+            "cpu",
+            "-o",
+            "result.png",
+        ]
+        .map(String::from)
+        .to_vec();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let run = |extra: &[&str]| {
+        let a = args(extra);
+        nullpaint(&a.iter().map(String::as_str).collect::<Vec<_>>(), &dir)
+    };
+    let out = run(&["--config", config.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("read as a single-file SD 1.x checkpoint"),
+        "{err}"
+    );
+    let got = image::open(dir.join("result.png")).unwrap().to_rgb8();
+    let max = max_level_diff(&got, &want);
+    assert!(
+        max <= 1,
+        "differs from the folder's picture by {max} levels"
+    );
+    std::fs::remove_file(dir.join("result.png")).unwrap();
+
+    let out = run(&[]);
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("bundled SD 1.x configs")
+            && err.contains("--config DIR")
+            && !err.contains("panicked"),
+        "{err}"
+    );
+    assert_eq!(leftovers(&dir, &[]), Vec::<String>::new());
+}
+
 /// A repo in the Hugging Face cache, offline: the legacy folder (sharded UNet, old VAE names,
 /// outdated scheduler config) found by repo id, giving diffusers' picture.
 #[test]

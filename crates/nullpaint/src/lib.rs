@@ -18,5 +18,6 @@ pub mod pixels;
 pub mod regions;
 pub mod rng;
 pub mod schedulers;
+pub mod single_file;
 pub mod tokenizer;
 pub mod weights;
