@@ -1126,6 +1126,11 @@ $("import-folder").addEventListener("change", (e) => {
   const entries = files.map((file) => ({ path: file.webkitRelativePath.split("/").slice(1).join("/"), file }));
   importEntries(top, entries);
 });
+$("import-file").addEventListener("change", (e) => {
+  const [file] = e.target.files;
+  e.target.value = "";
+  if (file) importEntries(file.name.replace(/\.safetensors$/i, ""), [{ path: file.name, file }]);
+});
 // Dropping a folder on the model manager imports it.
 async function walk(entry, prefix, out) {
   if (entry.isFile) {

@@ -202,6 +202,10 @@ async function gitSha1(bytes) {
 // half the download, upcast on the GPU when it lacks shader-f16).
 export function chooseFiles(available, name) {
   const has = (p) => available.has(p);
+  // A single-file checkpoint (SD 1.x / 2.x in the original CompVis / A1111 layout): the wasm
+  // module reads it with its family's bundled configs.
+  const [only] = available;
+  if (available.size === 1 && only.endsWith(".safetensors") && !only.includes("/")) return [only];
   const missing = REQUIRED.filter((p) => !has(p));
   if (missing.length) {
     throw new StoreError(
@@ -214,6 +218,19 @@ export function chooseFiles(available, name) {
   else throw new StoreError(`${name} has no tokenizer (tokenizer/tokenizer.json or tokenizer/vocab.json + merges.txt)`);
   for (const [component, stem] of WEIGHTS) {
     const choice = [`${component}/${stem}.fp16.safetensors`, `${component}/${stem}.safetensors`].find(has);
+    // Sharded weights (older hub folders): the index and its shards, named as diffusers and
+    // transformers write them (`<stem>[.fp16]-00001-of-00002.safetensors`); the wasm module
+    // checks the index's list against what is stored.
+    const sharded = !choice && ["fp16.", ""].map((variant) => {
+      const index = `${component}/${stem}.${variant}safetensors.index.json`;
+      const shard = new RegExp(`^${component}/${stem}${variant ? "\\.fp16" : ""}-\\d+-of-\\d+\\.safetensors$`);
+      const shards = [...available].filter((p) => shard.test(p)).sort();
+      return has(index) && shards.length ? [index, ...shards] : null;
+    }).find(Boolean);
+    if (sharded) {
+      files.push(...sharded);
+      continue;
+    }
     if (!choice) {
       const bin = [...available].find((p) => p.startsWith(`${component}/`) && p.endsWith(".bin"));
       throw new StoreError(

@@ -19,6 +19,7 @@ use nullpaint::device::{AdapterInfo, Precision};
 use nullpaint::pipeline::{
     Extend, InpaintOptions, MaskImage, Progress, RgbImage, StableDiffusion, Stage,
 };
+use nullpaint::single_file::{SingleFileOptions, SingleFileSource};
 use serde::Deserialize;
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
@@ -279,8 +280,25 @@ impl Engine {
         let started = js_sys::Date::now();
         let source =
             BlobSource::new(name.clone(), blobs, on_progress).map_err(|e| JsError::new(&e))?;
-        let mut model = StableDiffusion::load(&source, &self.device)
-            .map_err(|e| JsError::new(&e.to_string()))?;
+        // A single-file checkpoint (original CompVis / A1111 layout) is read with the bundled
+        // configs and tokenizer of its family; a diffusers folder as it is.
+        let loaded = match source.single_file() {
+            Some(path) => {
+                let path = path.to_string();
+                let tensors = source
+                    .tensors(&path)
+                    .map_err(|e| JsError::new(&e.to_string()))?;
+                let single = SingleFileSource::new(tensors, SingleFileOptions::default())
+                    .map_err(|e| JsError::new(&e.to_string()))?;
+                StableDiffusion::load(&single, &self.device).map_err(|e| {
+                    format!(
+                        "{e} (a single file is read with the bundled configs of its family, full-size SD 1.5 or 2.1; a model of another structure needs its diffusers folder)"
+                    )
+                })
+            }
+            None => StableDiffusion::load(&source, &self.device).map_err(|e| e.to_string()),
+        };
+        let mut model = loaded.map_err(|e| JsError::new(&e))?;
         // Tile the VAE only where an activation would pass this adapter's binding limit.
         model.vae_tiling =
             nullpaint::models::vae_tiling::VaeTiling::for_adapter(Some(&self.adapter));

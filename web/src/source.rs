@@ -108,25 +108,78 @@ impl ModelSource for BlobSource {
 
     fn weights(&self, component: &str) -> Result<Box<dyn TensorSource + '_>, PipelineError> {
         let candidates = weight_file_candidates(component);
-        let Some((path, blob)) = candidates
+        if let Some((path, blob)) = candidates
             .iter()
             .find_map(|c| self.files.get(c).map(|b| (c.clone(), b.clone())))
-        else {
-            return Err(PipelineError::Source(format!(
-                "{}: no weights for {component} (looked for {}); download the model again",
-                self.name,
-                candidates.join(", ")
-            )));
-        };
+        {
+            return self.tensors_of(path, blob);
+        }
+        // Sharded (older hub folders): `<name>.safetensors.index.json` and the shards it names.
+        if let Some(index) = candidates
+            .iter()
+            .map(|c| format!("{c}.index.json"))
+            .find(|i| self.files.contains_key(i))
+        {
+            let bytes = self.read(&index)?.unwrap_or_default();
+            let name = format!("{}/{index}", self.name);
+            let dir = index.rsplit_once('/').map_or("", |(d, _)| d);
+            let mut parts = vec![];
+            for shard in nullpaint::weights::shard_files(&name, &bytes)? {
+                let path = if dir.is_empty() {
+                    shard.clone()
+                } else {
+                    format!("{dir}/{shard}")
+                };
+                if !self.files.contains_key(&path) {
+                    return Err(PipelineError::Source(format!(
+                        "{name} names the shard {shard}, which is not stored; download or import the model again"
+                    )));
+                }
+                parts.push(self.tensors(&path)?);
+            }
+            return Ok(Box::new(nullpaint::weights::ShardedSource::new(
+                name, parts,
+            )?));
+        }
+        Err(PipelineError::Source(format!(
+            "{}: no weights for {component} (looked for {}); download the model again",
+            self.name,
+            candidates.join(", ")
+        )))
+    }
+}
+
+impl BlobSource {
+    /// The only file, when the model is a single `.safetensors` checkpoint (original layout).
+    pub fn single_file(&self) -> Option<&str> {
+        match self.files.keys().collect::<Vec<_>>()[..] {
+            [path] if path.ends_with(".safetensors") && !path.contains('/') => Some(path),
+            _ => None,
+        }
+    }
+
+    /// The tensors of one stored safetensors file, read by byte range.
+    pub fn tensors(&self, path: &str) -> Result<Box<dyn TensorSource + '_>, PipelineError> {
+        let blob = self
+            .files
+            .get(path)
+            .cloned()
+            .ok_or_else(|| PipelineError::Source(format!("{}: no file {path}", self.name)))?;
+        self.tensors_of(path.to_string(), blob)
+    }
+
+    fn tensors_of(
+        &self,
+        path: String,
+        blob: Blob,
+    ) -> Result<Box<dyn TensorSource + '_>, PipelineError> {
+        let name = format!("{}/{path}", self.name);
         let range = BlobRange {
             source: self,
-            path: path.clone(),
+            path,
             blob,
         };
-        Ok(Box::new(SafetensorsReader::new(
-            format!("{}/{path}", self.name),
-            range,
-        )?))
+        Ok(Box::new(SafetensorsReader::new(name, range)?))
     }
 }
 

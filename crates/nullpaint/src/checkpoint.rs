@@ -339,7 +339,7 @@ pub fn model_alias(name: &str) -> Option<&'static ModelAlias> {
 }
 
 /// The sentence every refusal ends with.
-pub const SUPPORTED: &str = "nullpaint runs Stable Diffusion 1.x and 2.x (base, v-prediction and 9-channel inpainting UNets) from a diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/, safetensors weights) or a Hugging Face repo id of one";
+pub const SUPPORTED: &str = "nullpaint runs Stable Diffusion 1.x and 2.x (base, v-prediction and 9-channel inpainting UNets) from a diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/, safetensors weights), a Hugging Face repo id of one, or a single-file SD 1.x / 2.x .safetensors checkpoint in the original layout";
 
 #[cfg(test)]
 mod tests {
