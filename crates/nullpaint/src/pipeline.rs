@@ -475,6 +475,14 @@ impl StableDiffusion {
             &config_bytes(source, "scheduler/scheduler_config.json")?,
         )?;
         Self::check_compatible(&te_config, &unet_config, &vae_config)?;
+        if tokenizer.max_length() > te_config.max_position_embeddings {
+            return Err(PipelineError::Incompatible(format!(
+                "the tokenizer pads prompts to {} tokens (model_max_length in {}) but the text encoder has {} positions (max_position_embeddings); fix tokenizer_config.json",
+                tokenizer.max_length(),
+                file("tokenizer/tokenizer_config.json"),
+                te_config.max_position_embeddings
+            )));
+        }
 
         // 3. weights
         let text_encoder = load_component(

@@ -258,6 +258,30 @@ fn pipeline_rejects_parts_that_do_not_fit_together() {
         err.contains("hidden_size is 16") && err.contains("cross_attention_dim"),
         "{err}"
     );
+    // A tokenizer padding to more tokens than the text encoder has positions.
+    for entry in std::fs::read_dir(common::fixtures().join("tiny-sd1/text_encoder")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(
+            entry.path(),
+            dir.join("text_encoder").join(entry.file_name()),
+        )
+        .unwrap();
+    }
+    let config = dir.join("tokenizer/tokenizer_config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("\"model_max_length\": 77"));
+    std::fs::write(
+        &config,
+        text.replace("\"model_max_length\": 77", "\"model_max_length\": 100"),
+    )
+    .unwrap();
+    let err = StableDiffusion::load(&FolderSource::new(&dir).unwrap(), &nullpaint::device::cpu())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("100 tokens") && err.contains("77 positions"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
