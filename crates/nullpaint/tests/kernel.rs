@@ -105,13 +105,62 @@ fn kernel_latent_mask_matches_spec_and_reference() {
     }
 }
 
+/// SPEC.md's step ("Sampling", 1 to 4), as a loop over f64 values, written apart from the
+/// kernel and its tensor-op reference: guidance, z0 and eps (epsilon or v_prediction),
+/// diffusers' optional clip of z0, the projection, the DDIM update. `(z_prev, z0_hat)`.
+fn spec_ddnm_step(
+    z_t: &[f32],
+    model_out: &[f32],
+    z_y: &[f32],
+    mask: &[f32],
+    p: &StepParams,
+) -> (Vec<f64>, Vec<f64>) {
+    let n = z_t.len();
+    let plane = mask.len();
+    let (sa, s1a) = (p.sqrt_alpha_t as f64, p.sqrt_one_minus_alpha_t as f64);
+    let (sp, s1p) = (p.sqrt_alpha_prev as f64, p.sqrt_one_minus_alpha_prev as f64);
+    let mut z_prev = vec![0.0; n];
+    let mut z0_hat = vec![0.0; n];
+    for k in 0..n {
+        let out = if p.guided {
+            let (u, c) = (model_out[k] as f64, model_out[n + k] as f64);
+            u + p.guidance as f64 * (c - u)
+        } else {
+            model_out[k] as f64
+        };
+        let z = z_t[k] as f64;
+        let (mut z0, eps) = if p.v_prediction {
+            (sa * z - s1a * out, sa * out + s1a * z)
+        } else {
+            ((z - s1a * out) / sa, out)
+        };
+        if let Some(r) = p.clip_sample {
+            z0 = z0.clamp(-r as f64, r as f64);
+        }
+        let m = mask[k % plane] as f64;
+        let hat = m * z_y[k] as f64 + (1.0 - m) * z0;
+        z0_hat[k] = hat;
+        z_prev[k] = sp * hat + s1p * eps;
+    }
+    (z_prev, z0_hat)
+}
+
+fn max_diff(got: Tensor<4>, want: &[f64]) -> f64 {
+    let (v, _) = common::values(got);
+    assert_eq!(v.len(), want.len());
+    v.iter()
+        .zip(want)
+        .map(|(a, b)| (*a as f64 - b).abs())
+        .fold(0.0, f64::max)
+}
+
 fn randn4(seed: u64, shape: [usize; 4], device: &Device) -> Tensor<4> {
     let v = nullpaint::rng::randn(seed, &shape);
     Tensor::from_data(TensorData::new(v, shape), device)
 }
 
 #[test]
-fn kernel_ddnm_step_matches_reference() {
+fn kernel_ddnm_step_matches_spec_loop_and_reference() {
     for (name, device) in common::devices() {
         for (h, w) in [(1, 1), (7, 13), (64, 64)] {
             let z_t = randn4(1, [1, 4, h, w], &device);
@@ -146,12 +195,28 @@ fn kernel_ddnm_step_matches_reference() {
                             mask.clone(),
                             &p,
                         );
-                        let d_prev = common::max_abs_diff(zp, &common::values(rp));
-                        let d_z0 = common::max_abs_diff(z0.clone(), &common::values(r0));
+                        // Both against the loop written from SPEC.md: the kernel (on a
+                        // CubeCL device) and the tensor-op reference (on every device).
+                        let (want_prev, want_z0) = spec_ddnm_step(
+                            &common::values(z_t.clone()).0,
+                            &common::values(model_out.clone()).0,
+                            &common::values(z_y.clone()).0,
+                            &common::values(mask.clone()).0,
+                            &p,
+                        );
                         let case = format!(
                             "{name} {h}x{w} guided={guided} v={v_prediction} clip={clip_sample:?}"
                         );
-                        assert!(d_prev <= 1e-5 && d_z0 <= 1e-5, "{case}: {d_prev} {d_z0}");
+                        for (what, prev, z0_hat) in
+                            [("kernel", zp, z0.clone()), ("reference", rp, r0)]
+                        {
+                            let d_prev = max_diff(prev, &want_prev);
+                            let d_z0 = max_diff(z0_hat, &want_z0);
+                            assert!(
+                                d_prev <= 1e-5 && d_z0 <= 1e-5,
+                                "{case} {what}: {d_prev} {d_z0}"
+                            );
+                        }
                         // The known region of z0_hat is exactly the observation.
                         let (z0v, _) = common::values(z0);
                         let (zyv, _) = common::values(z_y.clone());
