@@ -17,29 +17,6 @@ export const CHUNK_BYTES = 64 * 1024 * 1024;
 export const DEFAULT_ENDPOINT = "https://huggingface.co";
 export const DEFAULT_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5";
 
-const CONFIGS = [
-  "model_index.json",
-  "scheduler/scheduler_config.json",
-  "text_encoder/config.json",
-  "unet/config.json",
-  "vae/config.json",
-  "tokenizer/tokenizer_config.json",
-  "tokenizer/special_tokens_map.json",
-];
-const REQUIRED = [
-  "scheduler/scheduler_config.json",
-  "text_encoder/config.json",
-  "unet/config.json",
-  "vae/config.json",
-];
-const TOKENIZER_JSON = "tokenizer/tokenizer.json";
-const TOKENIZER_PAIR = ["tokenizer/vocab.json", "tokenizer/merges.txt"];
-const WEIGHTS = [
-  ["text_encoder", "model"],
-  ["unet", "diffusion_pytorch_model"],
-  ["vae", "diffusion_pytorch_model"],
-];
-
 export class StoreError extends Error {}
 
 const mb = (n) => `${(n / 1e6).toFixed(0)} MB`;
@@ -49,6 +26,13 @@ const mb = (n) => `${(n / 1e6).toFixed(0)} MB`;
 let Sha256 = null;
 export function useSha256(cls) {
   Sha256 = cls;
+}
+
+// Which files of a model to download or store: the wasm module's `chooseFiles`, the library's
+// manifest (the CLI makes the same choice online and offline). Set by the worker.
+let manifest = null;
+export function useManifest(choose) {
+  manifest = choose;
 }
 
 // ---- IndexedDB ---------------------------------------------------------------------------
@@ -197,49 +181,16 @@ async function gitSha1(bytes) {
 
 // ---- choosing files ------------------------------------------------------------------------
 
-// The files of a diffusers Stable Diffusion folder the engine reads, among `available` paths:
-// configs, one tokenizer form, and one weight file per component (fp16 variant preferred:
-// half the download, upcast on the GPU when it lacks shader-f16).
+// The files of a model the engine reads, among `available` paths: a diffusers folder's configs,
+// one tokenizer form and one weight file (fp16 variant preferred) or index + shards per
+// component; or one single-file checkpoint. Throws a StoreError saying what is missing.
 export function chooseFiles(available, name) {
-  const has = (p) => available.has(p);
-  // A single-file checkpoint (SD 1.x / 2.x in the original CompVis / A1111 layout): the wasm
-  // module reads it with its family's bundled configs.
-  const [only] = available;
-  if (available.size === 1 && only.endsWith(".safetensors") && !only.includes("/")) return [only];
-  const missing = REQUIRED.filter((p) => !has(p));
-  if (missing.length) {
-    throw new StoreError(
-      `${name} is not a diffusers Stable Diffusion model: missing ${missing.join(", ")} ` +
-      `(expected unet/, vae/, text_encoder/, tokenizer/, scheduler/ with their configs)`);
+  if (!manifest) throw new StoreError("the engine module is not loaded yet");
+  try {
+    return manifest([...available], name);
+  } catch (e) {
+    throw new StoreError(e.message || String(e));
   }
-  const files = CONFIGS.filter(has);
-  if (has(TOKENIZER_JSON)) files.push(TOKENIZER_JSON);
-  else if (TOKENIZER_PAIR.every(has)) files.push(...TOKENIZER_PAIR);
-  else throw new StoreError(`${name} has no tokenizer (tokenizer/tokenizer.json or tokenizer/vocab.json + merges.txt)`);
-  for (const [component, stem] of WEIGHTS) {
-    const choice = [`${component}/${stem}.fp16.safetensors`, `${component}/${stem}.safetensors`].find(has);
-    // Sharded weights (older hub folders): the index and its shards, named as diffusers and
-    // transformers write them (`<stem>[.fp16]-00001-of-00002.safetensors`); the wasm module
-    // checks the index's list against what is stored.
-    const sharded = !choice && ["fp16.", ""].map((variant) => {
-      const index = `${component}/${stem}.${variant}safetensors.index.json`;
-      const shard = new RegExp(`^${component}/${stem}${variant ? "\\.fp16" : ""}-\\d+-of-\\d+\\.safetensors$`);
-      const shards = [...available].filter((p) => shard.test(p)).sort();
-      return has(index) && shards.length ? [index, ...shards] : null;
-    }).find(Boolean);
-    if (sharded) {
-      files.push(...sharded);
-      continue;
-    }
-    if (!choice) {
-      const bin = [...available].find((p) => p.startsWith(`${component}/`) && p.endsWith(".bin"));
-      throw new StoreError(
-        `${name} has no safetensors weights for ${component}` +
-        (bin ? ` (only ${bin}: pickle files are not loaded; convert it to safetensors)` : ""));
-    }
-    files.push(choice);
-  }
-  return files;
 }
 
 // ---- downloads -------------------------------------------------------------------------------

@@ -5,7 +5,7 @@
 // (run: the photo and mask at full resolution; the reply carries the result's own width and height)
 // Replies carry the request's `type` plus `ok: true` / `error`, or are progress events.
 
-import init, { Engine, Sha256, heapBytes } from "./pkg/nullpaint_web.js";
+import init, { Engine, Sha256, chooseFiles, heapBytes } from "./pkg/nullpaint_web.js";
 import * as store from "./store.js";
 
 let engine = null;
@@ -24,6 +24,7 @@ async function refreshModels() {
 async function start() {
   await init();
   store.useSha256(Sha256);
+  store.useManifest(chooseFiles);
   try {
     engine = await Engine.create();
     post({ type: "ready", adapter: engine.adapter });

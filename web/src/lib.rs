@@ -42,6 +42,14 @@ pub fn start() {
     }));
 }
 
+/// The files of a model to download or store among `paths` (its paths inside the model): the
+/// library's manifest, the same choice the CLI makes online and offline. Throws why the files
+/// are not a model the engine reads.
+#[wasm_bindgen(js_name = chooseFiles)]
+pub fn choose_files(paths: Vec<String>, name: String) -> Result<Vec<String>, JsError> {
+    nullpaint::manifest::choose_files(&paths, &name).map_err(|e| JsError::new(&e.to_string()))
+}
+
 /// Bytes of wasm linear memory. It only grows, so after a load this is the heap's peak.
 #[wasm_bindgen(js_name = heapBytes)]
 pub fn heap_bytes() -> f64 {

@@ -12,23 +12,6 @@ use nullpaint::checkpoint::CheckpointKind;
 
 pub const DEFAULT_MODEL: &str = "stable-diffusion-v1-5/stable-diffusion-v1-5";
 
-const CONFIGS: &[&str] = &[
-    "model_index.json",
-    "scheduler/scheduler_config.json",
-    "text_encoder/config.json",
-    "unet/config.json",
-    "vae/config.json",
-    "tokenizer/tokenizer_config.json",
-    "tokenizer/special_tokens_map.json",
-];
-const TOKENIZER_PAIR: &[&str] = &["tokenizer/vocab.json", "tokenizer/merges.txt"];
-const TOKENIZER_JSON: &str = "tokenizer/tokenizer.json";
-const WEIGHTS: &[(&str, &str)] = &[
-    ("text_encoder", "model"),
-    ("unet", "diffusion_pytorch_model"),
-    ("vae", "diffusion_pytorch_model"),
-];
-
 fn offline() -> bool {
     std::env::var("HF_HUB_OFFLINE")
         .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
@@ -81,42 +64,41 @@ pub fn resolve(model: &str) -> Result<PathBuf> {
 fn from_cache(repo_id: &str) -> Result<PathBuf> {
     let cache = Cache::from_env();
     let repo = cache.model(repo_id.to_string());
-    let missing = |f: &str| {
+    let index = repo.get("model_index.json").ok_or_else(|| {
         anyhow::anyhow!(
-            "HF_HUB_OFFLINE is set and {f} of {repo_id} is not in the cache {}; run once online, or pass a local folder with --model",
+            "HF_HUB_OFFLINE is set and model_index.json of {repo_id} is not in the cache {}; run once online, or pass a local folder with --model",
             cache.path().display()
         )
-    };
-    let index = repo
-        .get("model_index.json")
-        .ok_or_else(|| missing("model_index.json"))?;
-    for f in CONFIGS {
-        repo.get(f).ok_or_else(|| missing(f))?;
-    }
-    if repo.get(TOKENIZER_JSON).is_none() {
-        for f in TOKENIZER_PAIR {
-            repo.get(f).ok_or_else(|| missing(f))?;
+    })?;
+    let dir = snapshot_dir(&index)?;
+    // The same choice as online, over what the cached snapshot holds.
+    let present = files_under(&dir, &dir)?;
+    nullpaint::manifest::choose_files(&present, repo_id).map_err(|e| {
+        anyhow::anyhow!(
+            "HF_HUB_OFFLINE is set and the cached {repo_id} is incomplete: {e}; run once online, or pass a local folder with --model"
+        )
+    })?;
+    Ok(dir)
+}
+
+/// Paths of the files under `dir`, relative to `root`, with `/` separators.
+fn files_under(root: &Path, dir: &Path) -> Result<Vec<String>> {
+    let mut out = vec![];
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            out.extend(files_under(root, &path)?);
+        } else if path.is_file()
+            && let Ok(rel) = path.strip_prefix(root)
+        {
+            let parts: Vec<String> = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            out.push(parts.join("/"));
         }
     }
-    for (component, stem) in WEIGHTS {
-        let fp16 = format!("{component}/{stem}.fp16.safetensors");
-        let full = format!("{component}/{stem}.safetensors");
-        if repo.get(&fp16).is_some() || repo.get(&full).is_some() {
-            continue;
-        }
-        // Sharded: the index and every shard it names.
-        let Some(index) = [&fp16, &full]
-            .iter()
-            .find_map(|f| repo.get(&format!("{f}.index.json")))
-        else {
-            return Err(missing(&fp16));
-        };
-        for shard in shards_of(&index)? {
-            let f = format!("{component}/{shard}");
-            repo.get(&f).ok_or_else(|| missing(&f))?;
-        }
-    }
-    snapshot_dir(&index)
+    Ok(out)
 }
 
 /// Why `--model FILE` is refused: what the file is (from its first bytes and, for safetensors,
@@ -147,15 +129,6 @@ fn single_file_refusal(path: &Path) -> String {
     format!("--model {shown} is {what}{todo}. {SUPPORTED}.")
 }
 
-/// The shard file names a downloaded `*.safetensors.index.json` lists.
-fn shards_of(index: &Path) -> Result<Vec<String>> {
-    let bytes = std::fs::read(index).with_context(|| format!("reading {}", index.display()))?;
-    Ok(nullpaint::weights::shard_files(
-        &index.display().to_string(),
-        &bytes,
-    )?)
-}
-
 fn snapshot_dir(model_index: &Path) -> Result<PathBuf> {
     model_index
         .parent()
@@ -173,49 +146,7 @@ fn download(repo_id: &str) -> Result<PathBuf> {
         format!("cannot reach the Hugging Face Hub for {repo_id} (offline? set HF_HUB_OFFLINE=1 to use the cache, or pass a local folder with --model)")
     })?;
     let present: Vec<&str> = info.siblings.iter().map(|s| s.rfilename.as_str()).collect();
-    let has = |f: &str| present.contains(&f);
-    if !has("model_index.json") || !has("unet/config.json") {
-        bail!(
-            "{repo_id} is not a diffusers Stable Diffusion repository (no model_index.json / unet/config.json)"
-        );
-    }
-    let mut files: Vec<String> = CONFIGS
-        .iter()
-        .filter(|f| has(f))
-        .map(|f| f.to_string())
-        .collect();
-    if has(TOKENIZER_JSON) {
-        files.push(TOKENIZER_JSON.into());
-    } else {
-        files.extend(TOKENIZER_PAIR.iter().map(|f| f.to_string()));
-    }
-    for (component, stem) in WEIGHTS {
-        let fp16 = format!("{component}/{stem}.fp16.safetensors");
-        let full = format!("{component}/{stem}.safetensors");
-        if has(&fp16) {
-            files.push(fp16);
-        } else if has(&full) {
-            files.push(full);
-        } else if let Some(index) = [&fp16, &full]
-            .into_iter()
-            .map(|f| format!("{f}.index.json"))
-            .find(|f| has(f))
-        {
-            // Sharded: the index first, to learn the shards' names.
-            let path = repo
-                .get(&index)
-                .with_context(|| format!("downloading {index} from {repo_id}"))?;
-            files.extend(
-                shards_of(&path)?
-                    .into_iter()
-                    .map(|shard| format!("{component}/{shard}")),
-            );
-        } else {
-            bail!(
-                "{repo_id} has no safetensors weights for {component} (looked for {fp16} and {full}, and their .index.json)"
-            );
-        }
-    }
+    let files = nullpaint::manifest::choose_files(&present, repo_id)?;
     let mut index = None;
     for f in &files {
         let path = repo

@@ -225,7 +225,8 @@ fn cli_runs_a_single_file_checkpoint() {
 }
 
 /// A repo in the Hugging Face cache, offline: the legacy folder (sharded UNet, old VAE names,
-/// outdated scheduler config) found by repo id, giving diffusers' picture.
+/// outdated scheduler config, no optional tokenizer configs) found by repo id, giving
+/// diffusers' picture; the cache is checked with the same file manifest as a download.
 #[test]
 fn cli_runs_a_sharded_legacy_repo_from_the_hub_cache() {
     let case = "legacy_sd1_guided_64x64";
@@ -233,10 +234,13 @@ fn cli_runs_a_sharded_legacy_repo_from_the_hub_cache() {
     let repo = dir.join("hf-home/hub/models--someone--legacy-sd");
     std::fs::create_dir_all(repo.join("refs")).unwrap();
     std::fs::write(repo.join("refs/main"), "0123abcd").unwrap();
-    copy_dir(
-        &fixtures().join("legacy-sd1"),
-        &repo.join("snapshots/0123abcd"),
-    );
+    let snapshot = repo.join("snapshots/0123abcd");
+    copy_dir(&fixtures().join("legacy-sd1"), &snapshot);
+    // The tokenizer's optional configs are absent (an online download skips them when the repo
+    // lacks them; offline they were once required): CLIP's defaults are tiny-sd1's settings.
+    for optional in nullpaint::manifest::OPTIONAL_CONFIGS {
+        std::fs::remove_file(snapshot.join(optional)).unwrap();
+    }
     let img = e2e(&format!("{case}.image.png"));
     let mask = e2e(&format!("{case}.mask.png"));
     let out = nullpaint(

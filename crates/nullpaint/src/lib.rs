@@ -12,6 +12,7 @@ pub mod checkpoint;
 pub mod cpu;
 pub mod device;
 pub mod kernel;
+pub mod manifest;
 pub mod models;
 pub mod pipeline;
 pub mod pixels;

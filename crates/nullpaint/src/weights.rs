@@ -68,10 +68,15 @@ pub struct RawTensor<'a> {
     pub data: Cow<'a, [u8]>,
 }
 
+/// The number of elements of `shape`, `None` when it overflows.
+pub fn checked_numel(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+}
+
 impl RawTensor<'_> {
     /// Number of elements the shape describes.
     pub fn numel(&self) -> usize {
-        self.shape.iter().product()
+        checked_numel(&self.shape).unwrap_or(usize::MAX)
     }
 
     /// Converts to f32 values. Errors on non-float dtypes or a byte length that does not match.
@@ -83,7 +88,7 @@ impl RawTensor<'_> {
                 self.dtype
             )
         })?;
-        if self.data.len() != n * size {
+        if Some(self.data.len()) != n.checked_mul(size) {
             return Err(format!(
                 "{} bytes of data for shape {:?} in {} (expected {})",
                 self.data.len(),
@@ -111,7 +116,7 @@ impl RawTensor<'_> {
     fn to_f16(&self) -> Result<Vec<f16>, String> {
         if self.dtype == StoredDType::F16 {
             let n = self.numel();
-            if self.data.len() != n * 2 {
+            if Some(self.data.len()) != n.checked_mul(2) {
                 return Err(format!(
                     "{} bytes of data for shape {:?} in F16",
                     self.data.len(),
@@ -290,8 +295,16 @@ impl<R: ByteRange> SafetensorsReader<R> {
             let info: safetensors::tensor::TensorInfo =
                 serde_json::from_value(value).map_err(|e| bad(format!("tensor {key}: {e}")))?;
             let (start, end) = info.data_offsets;
-            let numel: usize = info.shape.iter().product();
-            let expected = (numel * info.dtype.bitsize()).div_ceil(8);
+            // Checked: a crafted shape must not overflow the element or bit count.
+            let Some(expected) = checked_numel(&info.shape)
+                .and_then(|n| n.checked_mul(info.dtype.bitsize()))
+                .map(|bits| bits.div_ceil(8))
+            else {
+                return Err(bad(format!(
+                    "tensor {key} has the impossible shape {:?}",
+                    info.shape
+                )));
+            };
             if end < start || end - start != expected {
                 return Err(bad(format!(
                     "tensor {key} has {} bytes for shape {:?} in {:?}",
@@ -920,7 +933,8 @@ impl Loader<'_> {
         let rows = raw.shape.first().copied().unwrap_or(1);
         let row_elements = raw.numel() / rows.max(1);
         let row_bytes_on_device = row_elements * element;
-        if rows < 2 || raw.numel() * element <= self.block_bytes || row_elements == 0 {
+        if rows < 2 || raw.numel().saturating_mul(element) <= self.block_bytes || row_elements == 0
+        {
             return Ok(Tensor::from_data(convert(raw)?, self.device));
         }
         let stored_row_bytes = raw.data.len() / rows;

@@ -315,6 +315,14 @@ fn weights_range_reader_rejects_truncated_and_garbage_files() {
     let mut bad_json = bytes.clone();
     bad_json[8] = b'[';
     assert!(message(bad_json).contains("header"));
+    // A crafted shape whose element count overflows (a panic in debug builds before).
+    let header = br#"{"w":{"dtype":"F32","shape":[8589934592,8589934592,4],"data_offsets":[0,0]}}"#;
+    let mut crafted = (header.len() as u64).to_le_bytes().to_vec();
+    crafted.extend_from_slice(header);
+    let e = message(crafted.clone());
+    assert!(e.contains("impossible shape"), "{e}");
+    // The in-memory / mapped reader relies on the safetensors crate's validation.
+    assert!(nullpaint::weights::SafetensorsBuffer::new("crafted", crafted).is_err());
 }
 
 #[test]
