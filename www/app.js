@@ -406,8 +406,46 @@ async function openImage(file) {
     showRunError(`${file.name || "the file"} is not an image this browser can read (${e.message}). Use PNG, JPEG or WebP.`);
     return;
   }
-  setPhoto(bitmap);
+  setPhoto(bitmap, { rgba: storedRgba(bitmap) });
   bitmap.close();
+}
+
+// A 2D canvas keeps its pixels premultiplied by alpha, so a photo read through one comes out
+// composited over black (transparent pixels black, half-transparent ones darkened and rounded).
+// The engine takes each pixel's stored colour with the alpha dropped, as the CLI reads files:
+// read the bitmap back through WebGL with premultiplication and colour conversion off. Null
+// without WebGL2 or past its texture size; the canvas is read then (exact for opaque photos).
+function storedRgba(bitmap) {
+  const { width, height } = bitmap;
+  let gl = null;
+  try {
+    gl = new OffscreenCanvas(1, 1).getContext("webgl2");
+    if (!gl) return null;
+    const max = gl.getParameter(gl.MAX_TEXTURE_SIZE);
+    if (width > max || height > max) return null;
+    const texture = gl.createTexture();
+    gl.bindTexture(gl.TEXTURE_2D, texture);
+    gl.pixelStorei(gl.UNPACK_PREMULTIPLY_ALPHA_WEBGL, false);
+    gl.pixelStorei(gl.UNPACK_COLORSPACE_CONVERSION_WEBGL, gl.NONE);
+    gl.pixelStorei(gl.UNPACK_FLIP_Y_WEBGL, false);
+    gl.texImage2D(gl.TEXTURE_2D, 0, gl.RGBA8, width, height, 0, gl.RGBA, gl.UNSIGNED_BYTE, bitmap);
+    const framebuffer = gl.createFramebuffer();
+    gl.bindFramebuffer(gl.FRAMEBUFFER, framebuffer);
+    gl.framebufferTexture2D(gl.FRAMEBUFFER, gl.COLOR_ATTACHMENT0, gl.TEXTURE_2D, texture, 0);
+    if (gl.checkFramebufferStatus(gl.FRAMEBUFFER) !== gl.FRAMEBUFFER_COMPLETE) return null;
+    const rgba = new Uint8Array(width * height * 4);
+    gl.readPixels(0, 0, width, height, gl.RGBA, gl.UNSIGNED_BYTE, rgba);
+    return gl.getError() === gl.NO_ERROR ? rgba : null;
+  } catch {
+    return null;
+  } finally {
+    gl?.getExtension("WEBGL_lose_context")?.loseContext();
+  }
+}
+
+// The photo's pixels as the engine gets them (RGBA, row-major; alpha is ignored there).
+function photoRgba(p) {
+  return p.rgba ? p.rgba.slice() : new Uint8Array(p.canvas.getContext("2d").getImageData(0, 0, p.width, p.height).data.buffer);
 }
 
 function copyCanvas(source) {
@@ -419,10 +457,11 @@ function copyCanvas(source) {
 }
 
 // The photo is kept at its full resolution: the engine runs regions around the holes.
-function setPhoto(source, { keepUndo = false } = {}) {
+// `rgba`: the stored pixels when the canvas would lose them (transparency), else null.
+function setPhoto(source, { keepUndo = false, rgba = null } = {}) {
   const canvas = copyCanvas(source);
   const sameSize = photo && photo.width === canvas.width && photo.height === canvas.height;
-  photo = { canvas, width: canvas.width, height: canvas.height, levels: pyramid(canvas) };
+  photo = { canvas, width: canvas.width, height: canvas.height, levels: pyramid(canvas), rgba };
   if (keepUndo && sameSize) {
     pushUndo(0, 0, photo.width, photo.height);
   } else {
@@ -871,8 +910,7 @@ $("run").onclick = async () => {
   const source = photo; // the "before" of this run, whatever is opened meanwhile
   const { width, height } = source;
   const t0 = performance.now();
-  const pixels = source.canvas.getContext("2d").getImageData(0, 0, width, height).data;
-  const rgba = new Uint8Array(pixels.buffer);
+  const rgba = photoRgba(source);
   const [left, top, right, bottom] = opts.extend;
   // stepSeconds: time from the event before each step to the step's own (the engine reports a
   // step once the device has finished it), kept for the figures of the browser test.
@@ -1061,6 +1099,7 @@ $("use-result").onclick = () => {
 state.editorView = editorView;
 state.compareView = compareView;
 state.photoSize = () => (photo ? { width: photo.width, height: photo.height } : null);
+state.photoPixels = () => (photo ? Array.from(photoRgba(photo)) : null);
 
 // ---- model manager ---------------------------------------------------------------------------
 

@@ -629,6 +629,24 @@ try {
   page.once("dialog", (d) => d.accept());
   await singleRow.locator("button.delete").click();
   await singleRow.waitFor({ state: "detached" });
+
+  // 11. a gray + alpha photo, mostly alpha 0: the page gives the engine each pixel's stored
+  // colour with the alpha dropped, as the CLI reads it (a canvas would composite it over black)
+  await page.setInputFiles("#open-image", join(FIXTURES, "inputs/la8.png"));
+  await page.waitForFunction(() => window.nullpaint.photoSize()?.width === 13);
+  const alpha = await page.evaluate(async (b64) => {
+    const blob = await (await fetch(`data:image/png;base64,${b64}`)).blob();
+    const bmp = await createImageBitmap(blob);
+    const ctx = new OffscreenCanvas(bmp.width, bmp.height).getContext("2d");
+    ctx.drawImage(bmp, 0, 0);
+    const want = ctx.getImageData(0, 0, bmp.width, bmp.height).data;
+    const got = window.nullpaint.photoPixels();
+    let max = 0;
+    for (let i = 0; i < want.length; i += 4) for (let k = 0; k < 3; k++) max = Math.max(max, Math.abs(got[i + k] - want[i + k]));
+    return { max, length: got.length, expected: want.length };
+  }, readFileSync(join(FIXTURES, "inputs/la8.png.rgb.png")).toString("base64"));
+  check(alpha.length === alpha.expected && alpha.max === 0,
+    `a transparent photo's pixels reach the engine as stored, alpha dropped, as the CLI reads them (max |diff| ${alpha.max} against PIL's)`);
   const wasm = statSync(join(ROOT, "www/pkg/nullpaint_web_bg.wasm")).size;
   console.log(`     wasm module ${(wasm / 1e6).toFixed(1)} MB; heap after load ${(info3.heapBytes / 2 ** 20).toFixed(1)} MiB`);
   writeFileSync(join(ART, "figures.json"), JSON.stringify({ adapter, load: info, reload: info2, repaired: info3, runSeconds, stepSeconds, wasmBytes: wasm, diff, outpaint: { seconds: outpaint.seconds, diff: outDiff }, large }, null, 1));
