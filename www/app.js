@@ -765,13 +765,16 @@ $("open-mask").addEventListener("change", async (e) => {
   tmp.height = bitmap.height;
   const tctx = tmp.getContext("2d", { willReadFrequently: true });
   tctx.drawImage(bitmap, 0, 0);
+  // The stored colours (a canvas would turn transparent pixels black), when WebGL can read them.
+  const stored = storedRgba(bitmap);
   bitmap.close();
   const img = tctx.getImageData(0, 0, tmp.width, tmp.height);
   const d = img.data;
+  if (stored) d.set(stored);
   for (let i = 0; i < d.length; i += 4) {
-    // luminance as the CLI reads masks (PIL's convert("L"), ITU-R 601-2: >= 128 = fill);
-    // transparent pixels count as black
-    const lum = ((19595 * d[i] + 38470 * d[i + 1] + 7471 * d[i + 2] + 0x8000) >> 16) * (d[i + 3] / 255);
+    // luminance as the CLI reads masks (PIL's convert("L"), ITU-R 601-2, alpha ignored, as
+    // diffusers does): >= 128 = fill
+    const lum = (19595 * d[i] + 38470 * d[i + 1] + 7471 * d[i + 2] + 0x8000) >> 16;
     d[i] = 255; d[i + 1] = 0; d[i + 2] = 0;
     d[i + 3] = lum >= 128 ? 255 : 0;
   }
@@ -1100,6 +1103,7 @@ state.editorView = editorView;
 state.compareView = compareView;
 state.photoSize = () => (photo ? { width: photo.width, height: photo.height } : null);
 state.photoPixels = () => (photo ? Array.from(photoRgba(photo)) : null);
+state.maskHoles = () => Array.from(maskBytes(), (v) => v === 255);
 
 // ---- model manager ---------------------------------------------------------------------------
 

@@ -647,6 +647,27 @@ try {
   }, readFileSync(join(FIXTURES, "inputs/la8.png.rgb.png")).toString("base64"));
   check(alpha.length === alpha.expected && alpha.max === 0,
     `a transparent photo's pixels reach the engine as stored, alpha dropped, as the CLI reads them (max |diff| ${alpha.max} against PIL's)`);
+  // The same file as a mask: its luminance with the alpha ignored (PIL's convert("L")), as the
+  // CLI reads masks, against the generator's reference mask.
+  await page.setInputFiles("#open-mask", join(FIXTURES, "inputs/la8.png"));
+  await frames();
+  const maskCheck = await page.evaluate(async (b64) => {
+    const blob = await (await fetch(`data:image/png;base64,${b64}`)).blob();
+    const bmp = await createImageBitmap(blob);
+    const ctx = new OffscreenCanvas(bmp.width, bmp.height).getContext("2d");
+    ctx.drawImage(bmp, 0, 0);
+    const want = ctx.getImageData(0, 0, bmp.width, bmp.height).data;
+    const got = window.nullpaint.maskHoles();
+    let wrong = 0, holes = 0;
+    for (let p = 0; p < got.length; p++) {
+      const hole = want[p * 4] >= 128;
+      holes += hole;
+      wrong += hole !== got[p];
+    }
+    return { wrong, holes, pixels: got.length };
+  }, readFileSync(join(FIXTURES, "inputs/la8.png.mask.png")).toString("base64"));
+  check(maskCheck.pixels === 91 && maskCheck.holes > 0 && maskCheck.wrong === 0,
+    `a transparent mask file is read as the CLI reads it, alpha ignored: ${maskCheck.wrong} of ${maskCheck.pixels} pixels differ (${maskCheck.holes} holes)`);
   const wasm = statSync(join(ROOT, "www/pkg/nullpaint_web_bg.wasm")).size;
   console.log(`     wasm module ${(wasm / 1e6).toFixed(1)} MB; heap after load ${(info3.heapBytes / 2 ** 20).toFixed(1)} MiB`);
   writeFileSync(join(ART, "figures.json"), JSON.stringify({ adapter, load: info, reload: info2, repaired: info3, runSeconds, stepSeconds, wasmBytes: wasm, diff, outpaint: { seconds: outpaint.seconds, diff: outDiff }, large }, null, 1));
