@@ -34,6 +34,36 @@ fn max_level_diff(got: &image::RgbImage, want: &image::RgbImage) -> u8 {
         .unwrap()
 }
 
+/// The "red apple" run of an e2e case (4 steps, seed 42, guided with "blurry") on `model` and
+/// `backend`, written to `result.png`; `extra` arguments are appended.
+fn apple_run(case: &str, model: &str, backend: &str, extra: &[&str], dir: &Path) -> Output {
+    let img = e2e(&format!("{case}.image.png"));
+    let mask = e2e(&format!("{case}.mask.png"));
+    let mut args = vec![
+        "inpaint",
+        "--image",
+        img.to_str().unwrap(),
+        "--mask",
+        mask.to_str().unwrap(),
+        "--prompt",
+        "a red apple on a wooden table",
+        "--negative-prompt",
+        "blurry",
+        "--model",
+        model,
+        "--steps",
+        "4",
+        "--seed",
+        "42",
+        "--backend",
+        backend,
+        "--output",
+        "result.png",
+    ];
+    args.extend_from_slice(extra);
+    nullpaint(&args, dir)
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -56,34 +86,11 @@ fn cli_inpaint_matches_the_python_reference_on_both_backends() {
     let model = fixtures().join("tiny-sd1");
     for backend in ["cpu", "wgpu"] {
         let dir = tempdir(&format!("ok-{backend}"));
-        let img = e2e(&format!("{case}.image.png"));
-        let mask = e2e(&format!("{case}.mask.png"));
-        let out = nullpaint(
-            &[
-                "inpaint",
-                "--image",
-                img.to_str().unwrap(),
-                "--mask",
-                mask.to_str().unwrap(),
-                "--prompt",
-                "a red apple on a wooden table",
-                "--negative-prompt",
-                "blurry",
-                "--model",
-                model.to_str().unwrap(),
-                "--steps",
-                "4",
-                "--guidance-scale",
-                "7.5",
-                "--seed",
-                "42",
-                "--dilate",
-                "2",
-                "--backend",
-                backend,
-                "--output",
-                "result.png",
-            ],
+        let out = apple_run(
+            case,
+            model.to_str().unwrap(),
+            backend,
+            &["--guidance-scale", "7.5", "--dilate", "2"],
             &dir,
         );
         if backend == "wgpu"
@@ -115,33 +122,8 @@ fn cli_runs_an_inpainting_model_as_diffusers_does() {
         .unwrap()
         .to_rgb8();
     let dir = tempdir("inpaint-unet");
-    let img = e2e(&format!("{case}.image.png"));
-    let mask = e2e(&format!("{case}.mask.png"));
     let model = fixtures().join("tiny-sd1-inpaint");
-    let out = nullpaint(
-        &[
-            "inpaint",
-            "--image",
-            img.to_str().unwrap(),
-            "--mask",
-            mask.to_str().unwrap(),
-            "--prompt",
-            "a red apple on a wooden table",
-            "--negative-prompt",
-            "blurry",
-            "--model",
-            model.to_str().unwrap(),
-            "--steps",
-            "4",
-            "--seed",
-            "42",
-            "--backend",
-            "cpu",
-            "-o",
-            "result.png",
-        ],
-        &dir,
-    );
+    let out = apple_run(case, model.to_str().unwrap(), "cpu", &[], &dir);
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
     assert!(
@@ -162,41 +144,9 @@ fn cli_runs_a_single_file_checkpoint() {
         .unwrap()
         .to_rgb8();
     let dir = tempdir("single-file");
-    let img = e2e(&format!("{case}.image.png"));
-    let mask = e2e(&format!("{case}.mask.png"));
     let file = fixtures().join("single-file/tiny-sd1.safetensors");
     let config = fixtures().join("tiny-sd1");
-    let args = |extra: &[&str]| {
-        let mut v: Vec<String> = [
-            "inpaint",
-            "--image",
-            img.to_str().unwrap(),
-            "--mask",
-            mask.to_str().unwrap(),
-            "--prompt",
-            "a red apple on a wooden table",
-            "--negative-prompt",
-            "blurry",
-            "--model",
-            file.to_str().unwrap(),
-            "--steps",
-            "4",
-            "--seed",
-            "42",
-            "--backend",
-            "cpu",
-            "-o",
-            "result.png",
-        ]
-        .map(String::from)
-        .to_vec();
-        v.extend(extra.iter().map(|s| s.to_string()));
-        v
-    };
-    let run = |extra: &[&str]| {
-        let a = args(extra);
-        nullpaint(&a.iter().map(String::as_str).collect::<Vec<_>>(), &dir)
-    };
+    let run = |extra: &[&str]| apple_run(case, file.to_str().unwrap(), "cpu", extra, &dir);
     let out = run(&["--config", config.to_str().unwrap()]);
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
@@ -241,32 +191,7 @@ fn cli_runs_a_sharded_legacy_repo_from_the_hub_cache() {
     for optional in nullpaint::manifest::OPTIONAL_CONFIGS {
         std::fs::remove_file(snapshot.join(optional)).unwrap();
     }
-    let img = e2e(&format!("{case}.image.png"));
-    let mask = e2e(&format!("{case}.mask.png"));
-    let out = nullpaint(
-        &[
-            "inpaint",
-            "--image",
-            img.to_str().unwrap(),
-            "--mask",
-            mask.to_str().unwrap(),
-            "--prompt",
-            "a red apple on a wooden table",
-            "--negative-prompt",
-            "blurry",
-            "--model",
-            "someone/legacy-sd",
-            "--steps",
-            "4",
-            "--seed",
-            "42",
-            "--backend",
-            "cpu",
-            "--output",
-            "result.png",
-        ],
-        &dir,
-    );
+    let out = apple_run(case, "someone/legacy-sd", "cpu", &[], &dir);
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
     assert!(
