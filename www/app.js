@@ -6,9 +6,9 @@ const $ = (id) => document.getElementById(id);
 
 // ---- worker ----------------------------------------------------------------------------------
 
-const worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+let worker = null; // started below (startWorker), started again after an engine crash
 const waiting = new Map(); // request type -> { resolve, reject }
-const state = { adapter: null, loadInfo: null, models: [], heapBytes: 0, lastRun: null, maskChanges: 0 };
+const state = { adapter: null, loadInfo: null, models: [], heapBytes: 0, lastRun: null, maskChanges: 0, storeWaits: 0, engineRestarts: 0, lastCrash: null };
 // For scripted use and tests: the latest state (adapter, load info, heap size, run timing).
 window.nullpaint = state;
 
@@ -23,13 +23,62 @@ function request(type, body = {}, transfer = []) {
   });
 }
 
-worker.onmessage = (event) => {
+function startWorker() {
+  worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+  worker.onmessage = onWorkerMessage;
+  worker.onerror = (e) => {
+    $("fatal").textContent = `The engine failed to start: ${e.message || "the worker could not be loaded"}.`;
+    $("fatal").hidden = false;
+  };
+}
+
+let reloadAfterRestart = null; // the model to load again once a restarted engine is ready
+
+// The engine's WebAssembly instance ends at a panic: the GPU out of memory, the device lost
+// (driver reset, browser GPU process restarted), or a bug. A new worker brings a new instance
+// and a new WebGPU device; the models stay in IndexedDB, and the one that was loaded is loaded
+// again. A crash before the engine was ever ready is fatal (a restart would crash again).
+function restartEngine(m) {
+  worker.terminate();
+  const advice = {
+    "out-of-memory": " The GPU ran out of memory: try a smaller Context (less photo around each hole), or close other tabs and programs that use the GPU.",
+    lost: " The GPU device was lost (a driver reset or a restart of the browser's GPU process).",
+  }[m.fault] || "";
+  const reload = state.loadedId;
+  const message = `The engine stopped: ${m.message}.${advice} A new engine was started; the stored models are kept` +
+    (reload ? " and the model is being loaded again." : ".");
+  for (const pending of waiting.values()) pending.reject(new Error(message));
+  waiting.clear();
+  state.lastCrash = { fault: m.fault, message: m.message };
+  if (!state.adapter) {
+    $("fatal").textContent = `${m.message}. Reload the page to start again.`;
+    $("fatal").hidden = false;
+    return;
+  }
+  state.engineRestarts += 1;
+  state.adapter = null;
+  state.loadedId = null;
+  reloadAfterRestart = reload;
+  $("gpu-status").textContent = "Restarting the engine after a failure…";
+  updateRunButton();
+  startWorker();
+}
+
+function onWorkerMessage(event) {
   const m = event.data;
   switch (m.type) {
     case "ready":
       state.adapter = m.adapter;
       $("gpu-status").textContent = `GPU: ${m.adapter.name || "WebGPU adapter"} (${m.adapter.backend}${m.adapter.shaderF16 ? ", f16" : ""})`;
       updateRunButton();
+      if (reloadAfterRestart) {
+        const id = reloadAfterRestart;
+        reloadAfterRestart = null;
+        loadModelById(id);
+      }
+      return;
+    case "crashed":
+      restartEngine(m);
       return;
     case "nogpu":
       showNoGpu(m.message);
@@ -56,11 +105,8 @@ worker.onmessage = (event) => {
   waiting.delete(m.type);
   if (m.error) pending.reject(new Error(m.error));
   else pending.resolve(m);
-};
-worker.onerror = (e) => {
-  $("fatal").textContent = `The engine failed to start: ${e.message || "the worker could not be loaded"}.`;
-  $("fatal").hidden = false;
-};
+}
+startWorker();
 
 function showNoGpu(detail) {
   $("nogpu").hidden = false;
@@ -1005,7 +1051,14 @@ function onProgress(m) {
     $("model-text").textContent = "Preparing the GPU shaders (one short test run)…";
     return;
   }
-  const verb = { download: "Downloading", import: "Importing", verify: "Checking", load: "Loading onto the GPU" }[m.op];
+  const verb = { download: "Downloading", import: "Importing", verify: "Checking", load: "Loading onto the GPU", delete: "Deleting" }[m.op];
+  if (m.waiting) {
+    // Another tab holds this model's store lock (www/store.js withModelLock).
+    $("model-bar").removeAttribute("value");
+    $("model-text").textContent = `${verb}: waiting, ${m.waiting}…`;
+    state.storeWaits = (state.storeWaits || 0) + 1;
+    return;
+  }
   $("model-text").textContent = `${verb} ${m.file || ""}: ${bytes(m.done)} of ${bytes(m.total)}`;
 }
 
@@ -1201,6 +1254,19 @@ modelsSection.addEventListener("drop", async (e) => {
   importEntries(item.name, out.map((x) => ({ path: x.path.split("/").slice(1).join("/"), file: x.file })));
 });
 
+async function loadModelById(id) {
+  const r = await modelOp("load", { id });
+  if (r) {
+    const name = (state.models.find((x) => x.id === id) || { name: id }).name;
+    state.loadInfo = r.info;
+    updateModes(r.info.inpaintingUnet);
+    const S = r.info.workingSize;
+    $("gpu-status").textContent = `${$("gpu-status").textContent.split(" · ")[0]} · ${name} loaded in ${r.info.seconds.toFixed(1)} s, shaders ready in ${r.info.warmUpSeconds.toFixed(1)} s (${r.info.weightsDType}; wasm memory ${bytes(r.info.heapBytes)})` +
+      (S ? ` · works at ${S}×${S} px: larger photos run by regions of up to ${S} px` : "");
+    updateNotes();
+  }
+}
+
 function renderModels(models, storage, loadedId) {
   const body = $("model-table").querySelector("tbody");
   body.replaceChildren();
@@ -1226,17 +1292,7 @@ function renderModels(models, storage, loadedId) {
       actions.append(b);
     };
     if (m.complete) {
-      button("Load", "load", async () => {
-        const r = await modelOp("load", { id: m.id });
-        if (r) {
-          state.loadInfo = r.info;
-          updateModes(r.info.inpaintingUnet);
-          const S = r.info.workingSize;
-          $("gpu-status").textContent = `${$("gpu-status").textContent.split(" · ")[0]} · ${m.name} loaded in ${r.info.seconds.toFixed(1)} s, shaders ready in ${r.info.warmUpSeconds.toFixed(1)} s (${r.info.weightsDType}; wasm memory ${bytes(r.info.heapBytes)})` +
-            (S ? ` · works at ${S}×${S} px: larger photos run by regions of up to ${S} px` : "");
-          updateNotes();
-        }
-      });
+      button("Load", "load", () => loadModelById(m.id));
     } else if (m.source.kind === "hub") {
       button("Resume", "resume", () => {
         $("endpoint").value = m.source.endpoint;

@@ -66,6 +66,22 @@ function explain(error, what) {
   return new StoreError(`browser storage failed while ${what}: ${error}`);
 }
 
+// One writer per model across every tab and worker of this origin (Web Locks). Without it two
+// tabs downloading the same model both fetch every chunk and each rewrites the model record
+// from its own copy, and a delete or re-import in one tab under a download in the other leaves
+// a record whose chunks are gone. A tab that finds the model locked says so through
+// `onWait()` and waits; it then re-reads the record, so it resumes from what the other tab
+// stored. IndexedDB transactions alone cannot give this: a download spans many of them.
+async function withModelLock(id, onWait, body) {
+  const locks = globalThis.navigator && navigator.locks;
+  if (!locks) return body(); // no Web Locks (very old browsers): one tab at a time is on the user
+  const name = `nullpaint-model:${id}`;
+  const first = await locks.request(name, { ifAvailable: true }, async (lock) => (lock ? { value: await body() } : null));
+  if (first) return first.value;
+  if (onWait) onWait();
+  return locks.request(name, () => body());
+}
+
 async function tx(stores, mode, body, what) {
   const db = await openDb();
   return new Promise((resolve, reject) => {
@@ -141,7 +157,11 @@ async function getChunk(modelId, path, index) {
   return tx(["chunks"], "readonly", (t) => req(t.objectStore("chunks").get([modelId, path, index])), `reading ${path}`);
 }
 
-export async function deleteModel(id) {
+export async function deleteModel(id, onWait) {
+  await withModelLock(id, onWait, () => deleteRecords(id));
+}
+
+async function deleteRecords(id) {
   await tx(["models", "chunks"], "readwrite", (t) => {
     t.objectStore("models").delete(id);
     t.objectStore("chunks").delete(IDBKeyRange.bound([id], [id, []]));
@@ -222,6 +242,11 @@ export async function downloadHub({ endpoint, repo, revision = "main", chunkByte
   if (!/^[\w.-]+\/[\w.-]+$/.test(repo)) throw new StoreError(`"${repo}" is not a repository id (owner/name)`);
   if (!(chunkBytes > 0 && chunkBytes <= CHUNK_BYTES)) throw new StoreError(`chunk size must be 1 byte to 64 MB`);
   const id = hubId(endpoint, repo, revision);
+  const waiting = () => progress({ done: 0, total: 0, file: null, waiting: "another tab is storing or checking this model" });
+  return withModelLock(id, waiting, () => downloadLocked(id, endpoint, repo, revision, chunkBytes, progress, signal));
+}
+
+async function downloadLocked(id, endpoint, repo, revision, chunkBytes, progress, signal) {
   let model = await getModel(id);
   if (!model) {
     const infoUrl = `${endpoint}/api/models/${repo}/revision/${encodeURIComponent(revision)}?blobs=true`;
@@ -340,7 +365,12 @@ export async function importLocal(name, entries, progress, chunkBytes = CHUNK_BY
   const byPath = new Map(entries.map((e) => [e.path, e.file]));
   const paths = chooseFiles(new Set(byPath.keys()), name);
   const id = `local:${name}`;
-  await deleteModel(id);
+  const waiting = () => progress({ done: 0, total: 0, file: null, waiting: "another tab is storing or checking this model" });
+  return withModelLock(id, waiting, () => importLocked(id, name, byPath, paths, progress, chunkBytes));
+}
+
+async function importLocked(id, name, byPath, paths, progress, chunkBytes) {
+  await deleteRecords(id);
   const files = paths.map((path) => {
     const size = byPath.get(path).size;
     return { path, size, sha256: null, gitSha1: null, chunkSize: chunkBytes, chunks: new Array(chunkCount(size, chunkBytes)).fill(null) };
@@ -377,6 +407,11 @@ async function fileBlob(model, file) {
 // or damaged (hub models; a damaged local import has to be imported again). Returns
 // { name, files: Map<path, Blob>, refetched: [paths with chunk indices] }.
 export async function openModel(id, progress, signal) {
+  const waiting = () => progress({ done: 0, total: 0, file: null, waiting: "another tab is storing or checking this model" });
+  return withModelLock(id, waiting, () => openLocked(id, progress, signal));
+}
+
+async function openLocked(id, progress, signal) {
   const model = await getModel(id);
   if (!model) throw new StoreError(`model ${id} is not in browser storage`);
   const total = totalBytes(model.files);

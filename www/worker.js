@@ -5,7 +5,7 @@
 // (run: the photo and mask at full resolution; the reply carries the result's own width and height)
 // Replies carry the request's `type` plus `ok: true` / `error`, or are progress events.
 
-import init, { Engine, Sha256, chooseFiles, heapBytes } from "./pkg/nullpaint_web.js";
+import init, { Engine, Sha256, chooseFiles, gpuFaultKind, heapBytes } from "./pkg/nullpaint_web.js";
 import * as store from "./store.js";
 
 let engine = null;
@@ -15,7 +15,9 @@ let busy = null; // { op, abort: AbortController, cancelled }
 
 const post = (message, transfer) => self.postMessage(message, transfer || []);
 
-self.nullpaintPanic = (message) => post({ type: "fatal", message: `${message}. Reload the page to start again.` });
+// A panic ends this WebAssembly instance: the page starts a new worker (app.js restartEngine).
+// `fault`: "out-of-memory", "lost" (the GPU failing) or "" (a bug).
+self.nullpaintPanic = (message, fault) => post({ type: "crashed", message, fault });
 
 async function refreshModels() {
   post({ type: "models", models: await store.listModels(), storage: await store.storageEstimate(), loaded: loaded && loaded.id });
@@ -82,7 +84,8 @@ const handlers = {
         engine.unloadModel();
         loaded = null;
       }
-      await store.deleteModel(m.id);
+      await store.deleteModel(m.id, () =>
+        post({ type: "progress", op: "delete", done: 0, total: 0, waiting: "another tab is storing or checking this model" }));
       post({ type: "delete", ok: true });
       await refreshModels();
     });
@@ -155,6 +158,13 @@ self.onmessage = async (event) => {
     await handler(m);
   } catch (e) {
     const message = e && e.name === "AbortError" ? "cancelled" : (e && e.message) || String(e);
+    // The GPU failing shows up as an error where the engine reads asynchronously (a panic
+    // elsewhere, see nullpaintPanic): a lost device stays lost, so the page starts a new engine.
+    const fault = engine && (m.type === "run" || m.type === "load") ? gpuFaultKind(message) : "";
+    if (fault) {
+      post({ type: "crashed", message, fault });
+      return;
+    }
     post({ type: m.type, error: message });
   }
   if (m.type === "run" || m.type === "load") post({ type: "heap", bytes: heapBytes() });

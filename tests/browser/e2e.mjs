@@ -53,7 +53,8 @@ for (const [what, path] of [["the web build (python3 web/build.py)", join(ROOT, 
 rmSync(ART, { recursive: true, force: true });
 mkdirSync(ART, { recursive: true });
 
-const hub = await startServer({ repos: { [REPO]: join(FIXTURES, "tiny-sd1") } });
+const TWO_TABS = "test/two-tabs";
+const hub = await startServer({ repos: { [REPO]: join(FIXTURES, "tiny-sd1"), [TWO_TABS]: join(FIXTURES, "tiny-sd1") } });
 const userData = mkdtempSync(join(tmpdir(), "nullpaint-chromium-"));
 const context = await chromium.launchPersistentContext(userData, {
   executablePath: CHROMIUM, headless: true, acceptDownloads: true,
@@ -668,6 +669,65 @@ try {
   }, readFileSync(join(FIXTURES, "inputs/la8.png.mask.png")).toString("base64"));
   check(maskCheck.pixels === 91 && maskCheck.holes > 0 && maskCheck.wrong === 0,
     `a transparent mask file is read as the CLI reads it, alpha ignored: ${maskCheck.wrong} of ${maskCheck.pixels} pixels differ (${maskCheck.holes} holes)`);
+  // 8a. the GPU goes away under a loaded model (Chromium's GPU process crashed through its
+  // DevTools command: every WebGPU device is lost). The next run reports it, the page starts a
+  // new engine and loads the model again from IndexedDB, and the run after that paints the same
+  // picture as before the crash.
+  {
+    await loadModel();
+    await page.setInputFiles("#open-image", join(FIXTURES, "reference/e2e/sd1_guided_64x64.image.png"));
+    await page.waitForFunction(() => window.nullpaint.photoSize()?.width === 64);
+    await page.setInputFiles("#open-mask", join(FIXTURES, "reference/e2e/sd1_guided_64x64.mask.png"));
+    await frames();
+    await settings();
+    const before = await run("before-gpu-crash");
+    const cdp = await context.newCDPSession(page);
+    await cdp.send("Browser.crashGpuProcess");
+    await page.click("#run");
+    await page.waitForFunction(() => window.nullpaint.engineRestarts > 0 || !document.getElementById("fatal").hidden, null, { timeout: 300_000 });
+    const crash = await page.evaluate(() => window.nullpaint.lastCrash);
+    await page.waitForFunction(() => !document.getElementById("run-error").hidden, null, { timeout: 60_000 });
+    const runError = await page.locator("#run-error").textContent();
+    await page.waitForFunction(() => window.nullpaint.adapter && window.nullpaint.loadedId, null, { timeout: 600_000 });
+    const after = await run("after-gpu-crash");
+    const same = readFileSync(before.path).equals(readFileSync(after.path));
+    check(crash?.fault === "lost" && runError.includes("new engine") && same,
+      `a lost GPU device (GPU process crashed) is reported (${crash?.fault}: ${runError.slice(0, 140)}…), the engine is started again with the model reloaded from storage, and the next run gives the same picture (${same ? "byte-identical" : "DIFFERENT"})`);
+  }
+
+  // 8b. two tabs store the same model at once: one writer at a time (Web Locks in store.js), so
+  // every chunk is fetched once and the second tab, once the first is done, finds the model whole.
+  {
+    hub.delays[TWO_TABS] = 150; // slow enough that the second click lands mid-download
+    const second = await context.newPage();
+    second.setDefaultTimeout(T);
+    second.on("pageerror", (e) => consoleLines.push(`[pageerror, second tab] ${e.message}`));
+    await second.goto(`${hub.url()}/index.html?chunk=${CHUNK}`);
+    const twoRow = (p) => p.locator(`#model-table tr[data-id*="${TWO_TABS}"] td`).nth(2);
+    for (const p of [page, second]) {
+      await p.evaluate(() => { document.querySelector("details").open = true; });
+      await p.fill("#endpoint", `${hub.url()}/hub`);
+      await p.fill("#repo", TWO_TABS);
+    }
+    hub.log.length = 0;
+    await page.click("#download-model");
+    await page.waitForFunction(() => /^Downloading \S/.test(document.getElementById("model-text").textContent));
+    await second.click("#download-model");
+    for (const p of [page, second]) {
+      await p.waitForFunction((id) => {
+        const e = document.getElementById("model-error");
+        return !e.hidden || document.querySelector(`#model-table tr[data-id*="${id}"] td:nth-child(3)`)?.textContent === "ready";
+      }, TWO_TABS, { timeout: 300_000 });
+      if (!(await p.locator("#model-error").isHidden())) await fail(`two tabs: ${await p.locator("#model-error").textContent()}`);
+    }
+    const fetched = hub.log.filter((e) => e.kind === "file" && e.repo === TWO_TABS).map((e) => `${e.path} ${e.range}`);
+    const twice = fetched.filter((r, i) => fetched.indexOf(r) !== i);
+    const waits = await second.evaluate(() => window.nullpaint.storeWaits);
+    check(twice.length === 0 && fetched.length > 0 && waits > 0 && (await twoRow(page).textContent()) === "ready" && (await twoRow(second).textContent()) === "ready",
+      `two tabs downloading one model: the second waited for the first (${waits} wait message), ${fetched.length} chunk requests, none twice (${twice.length}); both list it ready`);
+    delete hub.delays[TWO_TABS];
+    await second.close();
+  }
   const wasm = statSync(join(ROOT, "www/pkg/nullpaint_web_bg.wasm")).size;
   console.log(`     wasm module ${(wasm / 1e6).toFixed(1)} MB; heap after load ${(info3.heapBytes / 2 ** 20).toFixed(1)} MiB`);
   writeFileSync(join(ART, "figures.json"), JSON.stringify({ adapter, load: info, reload: info2, repaired: info3, runSeconds, stepSeconds, wasmBytes: wasm, diff, outpaint: { seconds: outpaint.seconds, diff: outDiff }, large }, null, 1));

@@ -45,11 +45,13 @@ function fileHash(path, algorithm) {
   return hashes.get(key);
 }
 
-// repos: { "owner/name": folder }. Returns { server, log, faults, url() }.
+// repos: { "owner/name": folder }. Returns { server, log, faults, delays, url() }.
 export async function startServer({ repos, port = 0 }) {
   const log = [];
   // faults: [{ path, afterBytes }] cut the connection once, after sending afterBytes.
   const faults = [];
+  // delays: { "owner/name": ms } holds every file response of that repository back (slow network).
+  const delays = {};
   const server = createServer((req, res) => {
     try {
       handle(req, res);
@@ -98,7 +100,7 @@ export async function startServer({ repos, port = 0 }) {
     if (!file.startsWith(resolve(repos[m[1]])) || !existsSync(file)) return res.writeHead(404).end("Entry not found");
     const size = statSync(file).size;
     const range = req.headers.range;
-    log.push({ kind: "file", path: m[3], range: range || null });
+    log.push({ kind: "file", repo: m[1], path: m[3], range: range || null });
     let start = 0;
     let end = size - 1;
     let status = 200;
@@ -123,12 +125,14 @@ export async function startServer({ repos, port = 0 }) {
         .pipe(res, { end: false });
       return;
     }
-    createReadStream(file, { start, end }).pipe(res);
+    const send = () => createReadStream(file, { start, end }).pipe(res);
+    if (delays[m[1]]) setTimeout(send, delays[m[1]]);
+    else send();
   }
 
   await new Promise((ok) => server.listen(port, "127.0.0.1", ok));
   return {
-    server, log, faults,
+    server, log, faults, delays,
     url: () => `http://127.0.0.1:${server.address().port}`,
     close: () => new Promise((ok) => { server.closeAllConnections(); server.close(ok); }),
   };

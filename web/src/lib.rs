@@ -27,17 +27,31 @@ use wasm_bindgen::prelude::*;
 use source::{BlobSource, js_error};
 
 /// Runs once when the module is instantiated: panics go to the console and to the page
-/// (`self.nullpaintPanic(message)` when the worker defines it), since a panic ends the instance.
+/// (`self.nullpaintPanic(message, fault)` when the worker defines it), since a panic ends the
+/// instance. `fault`: "out-of-memory" or "lost" when the panic is the GPU failing (Burn, CubeCL
+/// and wgpu report both by panicking; the library's `GpuFault` recognises them), else "". The
+/// page then starts a new engine; the stored models stay in IndexedDB.
 #[wasm_bindgen(start)]
 pub fn start() {
     std::panic::set_hook(Box::new(|info| {
+        let text = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let fault = match nullpaint::device::GpuFault::from_panic_message(&text) {
+            Some(nullpaint::device::GpuFault::OutOfMemory(_)) => "out-of-memory",
+            Some(nullpaint::device::GpuFault::Lost(_)) => "lost",
+            None => "",
+        };
         let message = format!("nullpaint crashed: {info}");
         web_sys::console::error_1(&message.clone().into());
         let global = js_sys::global();
         if let Ok(f) = js_sys::Reflect::get(&global, &"nullpaintPanic".into())
             && let Some(f) = f.dyn_ref::<js_sys::Function>()
         {
-            let _ = f.call1(&JsValue::NULL, &message.into());
+            let _ = f.call2(&JsValue::NULL, &message.into(), &fault.into());
         }
     }));
 }
@@ -48,6 +62,18 @@ pub fn start() {
 #[wasm_bindgen(js_name = chooseFiles)]
 pub fn choose_files(paths: Vec<String>, name: String) -> Result<Vec<String>, JsError> {
     nullpaint::manifest::choose_files(&paths, &name).map_err(|e| JsError::new(&e.to_string()))
+}
+
+/// "out-of-memory" or "lost" when an error message of the engine is the GPU failing (the same
+/// recognition as the panic hook's), else "". The worker restarts the engine for those: a lost
+/// device stays lost, and errors on it are returned (not panics) where reads are asynchronous.
+#[wasm_bindgen(js_name = gpuFaultKind)]
+pub fn gpu_fault_kind(message: &str) -> String {
+    match nullpaint::device::GpuFault::from_panic_message(message) {
+        Some(nullpaint::device::GpuFault::OutOfMemory(_)) => "out-of-memory".into(),
+        Some(nullpaint::device::GpuFault::Lost(_)) => "lost".into(),
+        None => String::new(),
+    }
 }
 
 /// Bytes of wasm linear memory. It only grows, so after a load this is the heap's peak.

@@ -5,106 +5,27 @@ use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits};
+use image::ImageFormat;
+use nullpaint::decode;
 use nullpaint::pipeline::{MaskImage, RgbImage};
 
-/// The largest picture read, in pixels: 2^28 = 268,435,456 (16384 x 16384, above any phone or
-/// camera photo). A file whose header claims more is refused before its pixels are decoded: a
-/// few bytes of PNG can claim gigabytes (a "decompression bomb").
-pub const MAX_PIXELS: u64 = 1 << 28;
-
-/// The most memory a decoder may allocate (the `image` crate's `Limits::max_alloc`): 4 GiB,
-/// enough for [`MAX_PIXELS`] of 16-bit RGBA (2 GiB) plus the decoder's own buffers.
-pub const MAX_DECODER_ALLOC: u64 = 4 << 30;
-
-/// Decodes `path` (`what`: "image" or "mask", for the messages) upright: the format is guessed
-/// from the content (then the extension), the size is checked against [`MAX_PIXELS`], and the
-/// EXIF orientation that the `image` crate reads (JPEG APP1, PNG eXIf before the pixel data,
-/// WebP EXIF chunk) is applied, as browsers and PIL's `ImageOps.exif_transpose` do. An EXIF
-/// block that cannot be read is ignored (the picture is taken as stored), as browsers do.
-/// Colour type and bit depth are kept; callers convert.
-fn decode_upright(path: &Path, what: &str) -> Result<DynamicImage> {
-    let context = || format!("cannot read the {what} {}", path.display());
-    let mut reader = ImageReader::open(path)
-        .with_context(context)?
-        .with_guessed_format()
-        .with_context(context)?;
-    let mut limits = Limits::no_limits();
-    limits.max_alloc = Some(MAX_DECODER_ALLOC);
-    reader.limits(limits);
-    let mut decoder = reader
-        .into_decoder()
-        .map_err(explain_limits)
-        .with_context(context)?;
-    let (width, height) = decoder.dimensions();
-    let pixels = u64::from(width) * u64::from(height);
-    if pixels > MAX_PIXELS {
-        bail!(
-            "the {what} {} is {width}x{height} ({pixels} pixels): more than the {MAX_PIXELS} \
-             pixels (2^28, e.g. 16384x16384) nullpaint reads; a damaged file or a decompression \
-             bomb?",
-            path.display()
-        );
-    }
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = DynamicImage::from_decoder(decoder)
-        .map_err(explain_limits)
-        .with_context(context)?;
-    img.apply_orientation(orientation);
-    Ok(img)
-}
-
-/// The `image` crate's limit errors say "memory limit exceeded" without the limit: name it.
-fn explain_limits(e: ImageError) -> anyhow::Error {
-    match e {
-        ImageError::Limits(_) => anyhow::Error::new(e).context(format!(
-            "the decoder would need more than {} GiB of memory (a damaged file or a decompression bomb?)",
-            MAX_DECODER_ALLOC >> 30
-        )),
-        e => anyhow::Error::new(e),
-    }
-}
-
-/// Reads any image the `image` crate decodes, upright (EXIF orientation applied), as 8-bit RGB:
-/// alpha dropped (not composited), gray replicated to R = G = B, palettes looked up, low bit
-/// depths scaled to 0..255, 16-bit samples rounded to 8 bits as `round(v * 255 / 65535)`
-/// (`(v + 128) / 257`, the `image` crate's conversion; PIL instead keeps the high byte of 16-bit
-/// RGB and clips 16-bit gray, which this does not copy).
+/// Reads any image the `image` crate decodes, upright, as 8-bit RGB (alpha dropped): see
+/// [`nullpaint::decode::to_rgb_image`].
 pub fn load_image(path: &Path) -> Result<RgbImage> {
-    let rgb = decode_upright(path, "image")?.to_rgb8();
-    Ok(RgbImage {
-        width: rgb.width() as usize,
-        height: rgb.height() as usize,
-        data: rgb.into_raw(),
-    })
+    let bytes = read_input(path, "image")?;
+    decode::rgb_image(&bytes).with_context(|| format!("cannot read the image {}", path.display()))
 }
 
-/// Reads a mask, upright (EXIF orientation applied, as for the image): grayscale as is (16-bit
-/// gray rounded to 8 bits as in [`load_image`]); colour converted with PIL's `convert("L")`
-/// weights (ITU-R 601-2, `(19595 R + 38470 G + 7471 B + 0x8000) >> 16`), as diffusers does, on
-/// the 8-bit RGB that [`load_image`] would give (so a 16-bit colour mask is first rounded to 8
-/// bits per channel); alpha ignored.
+/// Reads a mask, upright, by luminance with the alpha ignored: see
+/// [`nullpaint::decode::to_mask_image`].
 pub fn load_mask(path: &Path) -> Result<MaskImage> {
-    let img = decode_upright(path, "mask")?;
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    let data = if img.color().has_color() {
-        img.to_rgb8()
-            .pixels()
-            .map(|p| {
-                ((p[0] as u32 * 19595 + p[1] as u32 * 38470 + p[2] as u32 * 7471 + 0x8000) >> 16)
-                    as u8
-            })
-            .collect()
-    } else {
-        img.to_luma8().into_raw()
-    };
-    Ok(MaskImage {
-        width: w,
-        height: h,
-        data,
-    })
+    let bytes = read_input(path, "mask")?;
+    decode::mask_image(&bytes).with_context(|| format!("cannot read the mask {}", path.display()))
+}
+
+/// The bytes of an input file (`what`: "image" or "mask", for the message).
+fn read_input(path: &Path, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read the {what} {}", path.display()))
 }
 
 /// `photo.jpg` -> `photo.inpainted.png` beside it.

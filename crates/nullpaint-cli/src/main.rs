@@ -184,10 +184,20 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Inpaint(args) => inpaint(args),
+        // A GPU running out of memory or lost mid-run is an error with advice, not a panic.
+        Command::Inpaint(args) => nullpaint::device::catch_gpu_faults(|| inpaint(args))
+            .unwrap_or_else(|fault| Err(fault.into())),
         Command::Bench(args) => bench::bench(args),
     };
     if let Err(e) = result {
+        // The GPU failing where Burn returns an error instead of panicking (reads): the same
+        // advice as for the panics `catch_gpu_faults` turns into errors.
+        if e.downcast_ref::<nullpaint::device::GpuFault>().is_none()
+            && let Some(fault) = nullpaint::device::GpuFault::from_panic_message(&format!("{e:#}"))
+        {
+            eprintln!("error: {fault}");
+            std::process::exit(1);
+        }
         eprintln!("error: {e}");
         for cause in e.chain().skip(1) {
             eprintln!("  caused by: {cause}");

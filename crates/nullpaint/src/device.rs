@@ -263,3 +263,114 @@ pub fn select(choice: BackendChoice) -> Result<Selected, DeviceError> {
         },
     }
 }
+
+/// The GPU failing under a run: out of memory, or the device lost (driver reset, GPU removed,
+/// browser GPU process restarted). Burn, CubeCL and wgpu report both by panicking (wgpu's
+/// uncaptured-error handler, CubeCL's `DevicePoisoned`); [`catch_gpu_faults`] turns those panics
+/// into this error with what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GpuFault {
+    #[error(
+        "the GPU ran out of memory ({0}). Try less context around the hole (--context), \
+         f16 (--precision f16) on a GPU with shader-f16, or the CPU backend (--backend cpu)"
+    )]
+    OutOfMemory(String),
+    #[error(
+        "the GPU device was lost ({0}): its driver reset it or it went away. Run again; if it \
+         happens again, try less context around the hole (--context) or the CPU backend \
+         (--backend cpu)"
+    )]
+    Lost(String),
+}
+
+impl GpuFault {
+    /// Recognises a GPU fault in a panic message of Burn / CubeCL / wgpu; `None` for anything
+    /// else (a bug, which stays a panic).
+    pub fn from_panic_message(message: &str) -> Option<Self> {
+        let m = message.to_ascii_lowercase();
+        // The line that names the fault (Burn wraps it in several "Caused by:" lines).
+        let detail = |key: &str| {
+            message
+                .lines()
+                .find(|l| l.to_ascii_lowercase().contains(key))
+                .unwrap_or(message)
+                .trim()
+                .to_string()
+        };
+        let lost = [
+            "device lost",
+            "devicelost",
+            "device was lost",
+            "poisoned",
+            "lost the device",
+            // wgpu when reading back from a device that is gone.
+            "could not be mapped",
+        ];
+        let oom = [
+            "out of memory",
+            "outofmemory",
+            "buffertoobig",
+            "exceeds the limit",
+            "max_buffer_size",
+            "larger than the max",
+            "failed to allocate",
+            "cannot allocate",
+            "can't allocate",
+            // CubeCL when a buffer could not be created (over the device's limits or memory).
+            "the reservation behind it failed",
+        ];
+        // Memory first: running out can also make a read-back mapping fail.
+        if let Some(k) = oom.iter().find(|k| m.contains(*k)) {
+            Some(Self::OutOfMemory(detail(k)))
+        } else {
+            lost.iter()
+                .find(|k| m.contains(*k))
+                .map(|k| Self::Lost(detail(k)))
+        }
+    }
+}
+
+/// Runs `f` (work on a device) and returns [`GpuFault`] when the GPU fails under it, instead of
+/// the panic Burn raises. The panic message is kept out of the terminal (logged at debug
+/// level); panics that are not GPU faults continue as panics. Native only: in the browser a
+/// panic aborts the WebAssembly instance, and the page re-creates its engine (www/app.js).
+///
+/// After a fault the device may be unusable (a lost device stays lost): callers report the
+/// error and stop, or select a new device.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn catch_gpu_faults<T>(f: impl FnOnce() -> T) -> Result<T, GpuFault> {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|info| {
+        let text = panic_text(info.payload());
+        let location = info
+            .location()
+            .map(|l| format!(" at {l}"))
+            .unwrap_or_default();
+        tracing::debug!("panic{location}: {text}");
+    }));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(previous);
+    match result {
+        Ok(value) => Ok(value),
+        Err(payload) => {
+            let text = panic_text(&*payload);
+            match GpuFault::from_panic_message(&text) {
+                Some(fault) => Err(fault),
+                None => {
+                    // Not the GPU: show it as the default hook would have, then go on panicking.
+                    eprintln!("panic: {text}");
+                    std::panic::resume_unwind(payload)
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}

@@ -10,6 +10,8 @@
 pub mod checkpoint;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod cpu;
+#[cfg(feature = "decode")]
+pub mod decode;
 pub mod device;
 pub mod kernel;
 pub mod manifest;

@@ -283,45 +283,31 @@ impl<R: ByteRange> SafetensorsReader<R> {
             )));
         }
         let header = reader.read(8, header_len as usize).map_err(&bad)?;
-        let entries: BTreeMap<String, serde_json::Value> =
+        // The safetensors crate's own validated metadata (its `Deserialize` checks what
+        // `SafeTensors::read_metadata` checks for the in-memory reader): offsets contiguous from
+        // 0, each tensor's byte count equal to its dtype x shape product in checked arithmetic.
+        let metadata: safetensors::tensor::Metadata =
             serde_json::from_slice(&header).map_err(|e| bad(format!("header: {e}")))?;
         let data_start = 8 + header_len;
-        let mut index = BTreeMap::new();
-        let mut end_of_data = 0usize;
-        for (key, value) in entries {
-            if key == "__metadata__" {
-                continue;
-            }
-            let info: safetensors::tensor::TensorInfo =
-                serde_json::from_value(value).map_err(|e| bad(format!("tensor {key}: {e}")))?;
-            let (start, end) = info.data_offsets;
-            // Checked: a crafted shape must not overflow the element or bit count.
-            let Some(expected) = checked_numel(&info.shape)
-                .and_then(|n| n.checked_mul(info.dtype.bitsize()))
-                .map(|bits| bits.div_ceil(8))
-            else {
-                return Err(bad(format!(
-                    "tensor {key} has the impossible shape {:?}",
-                    info.shape
-                )));
-            };
-            if end < start || end - start != expected {
-                return Err(bad(format!(
-                    "tensor {key} has {} bytes for shape {:?} in {:?}",
-                    end.saturating_sub(start),
-                    info.shape,
-                    info.dtype
-                )));
-            }
-            end_of_data = end_of_data.max(end);
-            index.insert(key, (info.dtype, info.shape, start, end));
-        }
-        if data_start + end_of_data as u64 > size {
+        let described = data_start + metadata.data_len() as u64;
+        if described != size {
             return Err(bad(format!(
-                "the header describes {} bytes but the file has {size} (truncated download?)",
-                data_start + end_of_data as u64
+                "the header describes {described} bytes but the file has {size}{}",
+                if described > size {
+                    " (truncated download?)"
+                } else {
+                    ""
+                }
             )));
         }
+        let index = metadata
+            .tensors()
+            .into_iter()
+            .map(|(key, info)| {
+                let (start, end) = info.data_offsets;
+                (key, (info.dtype, info.shape.clone(), start, end))
+            })
+            .collect();
         Ok(Self {
             name,
             reader,
