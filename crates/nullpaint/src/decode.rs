@@ -85,7 +85,9 @@ pub fn decode_upright_with_limit(
     // `into_decoder` caps the decoder's own buffers only; the picture's buffer is reserved
     // here, as `ImageReader::decode` does (without it a file within MAX_PIXELS could still ask
     // for more than the cap).
-    limits.reserve(decoder.total_bytes()).map_err(limits_error)?;
+    limits
+        .reserve(decoder.total_bytes())
+        .map_err(limits_error)?;
     decoder.set_limits(limits).map_err(limits_error)?;
     let (width, height) = decoder.dimensions();
     let pixels = u64::from(width) * u64::from(height);

@@ -12,7 +12,7 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz")
 }
 
-/// Every file under `fuzz/<kind>/<target>/`, sorted.
+/// Every input under `fuzz/<kind>/<target>/` (not the notes, `*.md`), sorted.
 fn inputs(kind: &str, target: &str) -> Vec<PathBuf> {
     let dir = root().join(kind).join(target);
     let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -20,7 +20,7 @@ fn inputs(kind: &str, target: &str) -> Vec<PathBuf> {
     };
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file())
+        .filter(|p| p.is_file() && p.extension().is_none_or(|e| e != "md"))
         .collect();
     files.sort();
     files

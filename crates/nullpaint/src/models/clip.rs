@@ -101,7 +101,19 @@ impl ClipTextConfig {
             if v == 0 {
                 return Err(unsupported(key, "0".into(), "must be positive"));
             }
+            let max = if key == "vocab_size" {
+                super::limits::VOCAB
+            } else {
+                super::limits::WIDTH
+            };
+            super::check_at_most(file, key, v, max)?;
         }
+        super::check_at_most(
+            file,
+            "num_hidden_layers",
+            self.num_hidden_layers,
+            super::limits::TEXT_LAYERS,
+        )?;
         Ok(())
     }
 

@@ -25,6 +25,48 @@ pub enum ConfigError {
     },
 }
 
+/// Upper bounds on what a config can ask for: far above every released model (SD 1.x / 2.x: 4
+/// blocks, 2 layers per block, 1 transformer layer, 1280 channels; SDXL: 10 transformer layers;
+/// CLIP ViT-bigG: 32 layers of width 1280, 49408 tokens) and low enough that building the
+/// structure of a crafted config cannot exhaust memory or time (fuzzing found both:
+/// fuzz/regressions/config).
+pub mod limits {
+    /// UNet / VAE blocks (`block_out_channels` entries).
+    pub const BLOCKS: usize = 8;
+    /// Resnet layers per block.
+    pub const LAYERS_PER_BLOCK: usize = 16;
+    /// Transformer layers per attention block.
+    pub const TRANSFORMER_LAYERS: usize = 64;
+    /// Text encoder layers.
+    pub const TEXT_LAYERS: usize = 128;
+    /// Channels, widths, context dimensions, positions.
+    pub const WIDTH: usize = 1 << 16;
+    /// Vocabulary entries.
+    pub const VOCAB: usize = 1 << 20;
+    /// Training timesteps of a scheduler (SD: 1000).
+    pub const TRAIN_TIMESTEPS: usize = 100_000;
+}
+
+/// `Err` naming `key` in `file` when `value` is above `max` (see [`limits`]).
+pub(crate) fn check_at_most(
+    file: &str,
+    key: &str,
+    value: usize,
+    max: usize,
+) -> Result<(), ConfigError> {
+    if value > max {
+        return Err(ConfigError::Unsupported {
+            file: file.into(),
+            key: key.into(),
+            value: value.to_string(),
+            hint: format!(
+                "at most {max} (released models use far less; a damaged or crafted config?)"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Parses a `config.json`; `file` names it in errors. Unknown keys (`_class_name`,
 /// `architectures`, ...) are accepted, as diffusers / transformers do.
 pub fn parse_config<T: serde::de::DeserializeOwned>(

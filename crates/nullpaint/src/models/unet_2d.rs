@@ -12,13 +12,13 @@ use burn::tensor::{Device, Tensor};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::ConfigError;
 use super::embeddings::{TimestepEmbedding, timesteps_tensor};
 use super::ops;
 use super::resnet::conv2d;
 use super::unet_2d_blocks::{
     BlockConfig, DownBlock, TransformerArgs, UNetMidBlock2DCrossAttn, UpBlock,
 };
+use super::{ConfigError, check_at_most};
 
 /// A config value given once for all blocks or once per block.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -270,6 +270,15 @@ impl UNet2DConditionConfig {
                 "needs positive channel counts",
             ));
         }
+        check_at_most(
+            file,
+            "block_out_channels (entries)",
+            n,
+            super::limits::BLOCKS,
+        )?;
+        for &c in &self.block_out_channels {
+            check_at_most(file, "block_out_channels", c, super::limits::WIDTH)?;
+        }
         if self.down_block_types.len() != n {
             return Err(err(
                 "down_block_types",
@@ -366,21 +375,38 @@ impl UNet2DConditionConfig {
                 ));
             }
         }
+        let layers = self.layers_per_block.expand(n, "layers_per_block", file)?;
+        let cross_dims = self
+            .cross_attention_dim
+            .expand(n, "cross_attention_dim", file)?;
+        let transformer_layers =
+            self.transformer_layers_per_block
+                .expand(n, "transformer_layers_per_block", file)?;
+        for i in 0..n {
+            use super::limits;
+            check_at_most(
+                file,
+                "layers_per_block",
+                layers[i],
+                limits::LAYERS_PER_BLOCK,
+            )?;
+            check_at_most(file, "cross_attention_dim", cross_dims[i], limits::WIDTH)?;
+            check_at_most(
+                file,
+                "transformer_layers_per_block",
+                transformer_layers[i],
+                limits::TRANSFORMER_LAYERS,
+            )?;
+        }
         Ok(Resolved {
             down_cross,
             up_cross,
             mid,
             groups,
             heads,
-            layers: self.layers_per_block.expand(n, "layers_per_block", file)?,
-            cross_dims: self
-                .cross_attention_dim
-                .expand(n, "cross_attention_dim", file)?,
-            transformer_layers: self.transformer_layers_per_block.expand(
-                n,
-                "transformer_layers_per_block",
-                file,
-            )?,
+            layers,
+            cross_dims,
+            transformer_layers,
         })
     }
 

@@ -11,11 +11,11 @@ use burn::tensor::{Device, Tensor};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::ConfigError;
 use super::ops;
 use super::resnet::conv2d;
 use super::unet_2d::check_defaults;
 use super::unet_2d_blocks::{BlockConfig, DownBlock, UNetMidBlock2D, UpBlock};
+use super::{ConfigError, check_at_most};
 
 /// The keys of an `AutoencoderKL` `config.json`.
 #[derive(Debug, Clone, Deserialize)]
@@ -116,6 +116,21 @@ impl AutoencoderKLConfig {
                 "needs positive channel counts".into(),
             ));
         }
+        check_at_most(
+            file,
+            "block_out_channels (entries)",
+            n,
+            super::limits::BLOCKS,
+        )?;
+        for &c in &self.block_out_channels {
+            check_at_most(file, "block_out_channels", c, super::limits::WIDTH)?;
+        }
+        check_at_most(
+            file,
+            "layers_per_block",
+            self.layers_per_block,
+            super::limits::LAYERS_PER_BLOCK,
+        )?;
         if let Some(t) = self
             .down_block_types
             .iter()

@@ -149,6 +149,12 @@ impl DdimScheduler {
         if n == 0 {
             return Err(err("num_train_timesteps", "0".into(), "must be positive"));
         }
+        crate::models::check_at_most(
+            file,
+            "num_train_timesteps",
+            n,
+            crate::models::limits::TRAIN_TIMESTEPS,
+        )?;
         let betas: Vec<f32> = match (&config.trained_betas, config.beta_schedule.as_str()) {
             (Some(b), _) if b.len() != n => {
                 return Err(err(
