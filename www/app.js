@@ -360,8 +360,12 @@ let photo = null;
 // before the stroke being painted, so a stroke's undo entry is only its bounding box.
 const maskCanvas = document.createElement("canvas");
 const maskShadow = document.createElement("canvas");
-const maskCtx = maskCanvas.getContext("2d");
-const shadowCtx = maskShadow.getContext("2d");
+// The mask, the photo and the undo history live in canvases kept in CPU memory
+// (`willReadFrequently`): they are read back for every run and save, and a GPU-backed canvas
+// loses its pixels when the browser's GPU process restarts (the engine restarts then too,
+// see restartEngine; the user's work must not go with it).
+const maskCtx = maskCanvas.getContext("2d", { willReadFrequently: true });
+const shadowCtx = maskShadow.getContext("2d", { willReadFrequently: true });
 let tool = "brush";
 let spaceDown = false;
 const undoStack = []; // { x, y, canvas }: the mask's pixels in that box before a change
@@ -498,7 +502,7 @@ function copyCanvas(source) {
   const c = document.createElement("canvas");
   c.width = source.width;
   c.height = source.height;
-  c.getContext("2d").drawImage(source, 0, 0);
+  c.getContext("2d", { willReadFrequently: true }).drawImage(source, 0, 0); // CPU-backed: see maskCtx
   return c;
 }
 
@@ -547,7 +551,7 @@ function pushUndo(x, y, w, h) {
   const entry = document.createElement("canvas");
   entry.width = w;
   entry.height = h;
-  entry.getContext("2d").drawImage(maskShadow, x, y, w, h, 0, 0, w, h);
+  entry.getContext("2d", { willReadFrequently: true }).drawImage(maskShadow, x, y, w, h, 0, 0, w, h);
   undoStack.push({ x, y, canvas: entry });
   let pixels = undoStack.reduce((n, u) => n + u.canvas.width * u.canvas.height, 0);
   while (undoStack.length > UNDO_MAX_ENTRIES || (undoStack.length > 1 && pixels > UNDO_MAX_PIXELS)) {
@@ -975,7 +979,7 @@ $("run").onclick = async () => {
     const result = document.createElement("canvas");
     result.width = r.width;
     result.height = r.height;
-    result.getContext("2d").putImageData(new ImageData(new Uint8ClampedArray(r.rgba.buffer, r.rgba.byteOffset, r.rgba.length), r.width, r.height), 0, 0);
+    result.getContext("2d", { willReadFrequently: true }).putImageData(new ImageData(new Uint8ClampedArray(r.rgba.buffer, r.rgba.byteOffset, r.rgba.length), r.width, r.height), 0, 0);
     const regions = running.region ? (running.region.whole ? 0 : running.region.regions) : 0;
     state.lastRun = { seconds: r.seconds, wallSeconds: (performance.now() - t0) / 1000, width: r.width, height: r.height, seed: opts.seed, regions, stepSeconds: running.stepSeconds };
     showResult({ result, before: source, extend: opts.extend, seed: opts.seed, seconds: r.seconds, regions });
