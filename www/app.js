@@ -360,10 +360,10 @@ let photo = null;
 // before the stroke being painted, so a stroke's undo entry is only its bounding box.
 const maskCanvas = document.createElement("canvas");
 const maskShadow = document.createElement("canvas");
-// The mask, the photo and the undo history live in canvases kept in CPU memory
-// (`willReadFrequently`): they are read back for every run and save, and a GPU-backed canvas
-// loses its pixels when the browser's GPU process restarts (the engine restarts then too,
-// see restartEngine; the user's work must not go with it).
+// The mask, the photo and the undo history live in canvases read back for every run and save
+// (`willReadFrequently` asks for CPU-side storage). In headless Chromium on SwiftShader they
+// still lose their pixels when the GPU process restarts (e2e step 8a reopens the files);
+// keeping them in plain arrays is left to do.
 const maskCtx = maskCanvas.getContext("2d", { willReadFrequently: true });
 const shadowCtx = maskShadow.getContext("2d", { willReadFrequently: true });
 let tool = "brush";
