@@ -8,7 +8,10 @@ const $ = (id) => document.getElementById(id);
 
 let worker = null; // started below (startWorker), started again after an engine crash
 const waiting = new Map(); // request type -> { resolve, reject }
-const state = { adapter: null, loadInfo: null, models: [], heapBytes: 0, lastRun: null, maskChanges: 0, storeWaits: 0, engineRestarts: 0, lastCrash: null };
+const state = { adapter: null, loadInfo: null, models: [], heapBytes: 0, lastRun: null, maskChanges: 0, storeWaits: 0, engineRestarts: 0, lastCrash: null, server: null };
+// The other engine: a `nullpaint serve` process (README, "Server"). `on` while chosen;
+// `state.server` ({ url, health }) once connected; `abort` cancels the run in progress.
+const server = { on: false, abort: null };
 // For scripted use and tests: the latest state (adapter, load info, heap size, run timing).
 window.nullpaint = state;
 
@@ -111,7 +114,7 @@ startWorker();
 function showNoGpu(detail) {
   $("nogpu").hidden = false;
   $("nogpu-detail").textContent = detail || "";
-  $("gpu-status").textContent = "No WebGPU: the model manager works, inpainting does not.";
+  $("gpu-status").textContent = "No WebGPU: inpainting needs a local server (Engine, below); the model manager works.";
 }
 
 if (!navigator.gpu) showNoGpu("navigator.gpu is missing.");
@@ -872,9 +875,154 @@ for (const id of ["region", "context"]) $(id).addEventListener("input", updateNo
 // ---- running ---------------------------------------------------------------------------------
 
 function updateRunButton() {
-  const ready = photo && state.adapter && state.loadedId && !waiting.has("run");
-  $("run").disabled = !ready;
-  $("run").title = !state.adapter ? "No WebGPU engine" : !state.loadedId ? "Load a model first" : !photo ? "Open a photo first" : "";
+  const busy = waiting.has("run") || server.abort;
+  const engine = server.on ? Boolean(state.server) : Boolean(state.adapter && state.loadedId);
+  $("run").disabled = !(photo && engine && !busy);
+  $("run").title = server.on
+    ? (!state.server ? "Connect to the local server first" : !photo ? "Open a photo first" : "")
+    : !state.adapter ? "No WebGPU engine (a local server can run it: Engine, below)" : !state.loadedId ? "Load a model first" : !photo ? "Open a photo first" : "";
+}
+
+// ---- engine: this browser, or a local server --------------------------------------------------
+
+for (const el of document.querySelectorAll(".origin")) el.textContent = location.origin;
+function chooseEngine() {
+  server.on = $("engine-server").checked;
+  $("server-box").hidden = !server.on;
+  $("server-help").hidden = !server.on;
+  updateModes(server.on ? null : state.loadInfo?.inpaintingUnet, server.on);
+  updateRunButton();
+}
+$("engine-browser").addEventListener("change", chooseEngine);
+$("engine-server").addEventListener("change", chooseEngine);
+
+function serverHeaders() {
+  const token = $("server-token").value.trim();
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+$("server-connect").onclick = async () => {
+  const url = $("server-url").value.trim().replace(/\/+$/, "");
+  state.server = null;
+  updateRunButton();
+  $("server-status").textContent = "Connecting…";
+  try {
+    const r = await fetch(`${url}/health`, { headers: serverHeaders() });
+    const h = await r.json().catch(() => ({}));
+    if (!r.ok) throw new Error(h.error || h.status || `HTTP ${r.status}`);
+    state.server = { url, health: h };
+    $("server-status").textContent = `Connected: ${h.model} on ${h.device} (${h.precision})`;
+  } catch (e) {
+    $("server-status").textContent = `Cannot use ${url}: ${e.message}. Is \`nullpaint serve --cors-origin ${location.origin}\` running there?`;
+  }
+  updateRunButton();
+};
+
+// A PNG of `width` x `height` whose RGBA bytes `fill` writes (opaque pixels: the canvas keeps
+// them exactly).
+function pngBlob(width, height, fill) {
+  const c = new OffscreenCanvas(width, height);
+  const ctx = c.getContext("2d");
+  const img = ctx.createImageData(width, height);
+  fill(img.data);
+  ctx.putImageData(img, 0, 0);
+  return c.convertToBlob({ type: "image/png" });
+}
+
+// Server-sent events of a fetch response, one { event, data } at a time.
+async function* serverEvents(response) {
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value;
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      let event = "message";
+      let data = "";
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event:")) event = line.slice(6).trim();
+        else if (line.startsWith("data:")) data += line.slice(5).trimStart();
+      }
+      if (data) yield { event, data: JSON.parse(data) }; // (comments are keep-alives)
+    }
+  }
+}
+
+// One run on the local server: the photo's stored RGB and the mask as PNGs, the options under
+// the CLI's names; progress from its events; the result decoded to RGBA.
+async function runOnServer({ width, height, rgba, mask, opts }) {
+  const { url } = state.server;
+  const form = new FormData();
+  form.append("image", await pngBlob(width, height, (d) => {
+    for (let i = 0; i < width * height; i++) {
+      d[i * 4] = rgba[i * 4]; d[i * 4 + 1] = rgba[i * 4 + 1]; d[i * 4 + 2] = rgba[i * 4 + 2]; d[i * 4 + 3] = 255;
+    }
+  }), "photo.png");
+  form.append("mask", await pngBlob(width, height, (d) => {
+    for (let i = 0; i < width * height; i++) { d[i * 4] = d[i * 4 + 1] = d[i * 4 + 2] = mask[i]; d[i * 4 + 3] = 255; }
+  }), "mask.png");
+  const fields = {
+    prompt: opts.prompt, "negative-prompt": opts.negativePrompt, steps: opts.steps, "guidance-scale": opts.guidanceScale,
+    seed: opts.seed, dilate: opts.dilation, region: opts.region, context: opts.context, feather: opts.feather,
+    extend: opts.extend.join(","), mode: opts.mode,
+  };
+  for (const [k, v] of Object.entries(fields)) form.append(k, String(v));
+  const abort = new AbortController();
+  server.abort = abort;
+  try {
+    let response;
+    try {
+      response = await fetch(`${url}/inpaint`, { method: "POST", body: form, headers: { Accept: "text/event-stream", ...serverHeaders() }, signal: abort.signal });
+    } catch (e) {
+      throw new Error(abort.signal.aborted ? "cancelled" : `cannot reach the server at ${url}: ${e.message}`);
+    }
+    if (!response.ok) {
+      const text = await response.text();
+      let message = text;
+      try { message = JSON.parse(text).error; } catch (_) { /* not JSON */ }
+      throw new Error(`the server refused the run (HTTP ${response.status}): ${message}`);
+    }
+    for await (const { event, data } of serverEvents(response)) {
+      if (event === "queued") $("run-text").textContent = data.position > 1 ? `Waiting for the server (${data.position - 1} ahead)…` : "Starting…";
+      else if (event === "progress") onServerProgress(data);
+      else if (event === "error") throw new Error(`the server failed: ${data.error}`);
+      else if (event === "done") {
+        const png = Uint8Array.from(atob(data.png), (c) => c.charCodeAt(0));
+        const bitmap = await createImageBitmap(new Blob([png], { type: "image/png" }), { colorSpaceConversion: "none", premultiplyAlpha: "none" });
+        const c = new OffscreenCanvas(bitmap.width, bitmap.height);
+        const ctx = c.getContext("2d", { willReadFrequently: true });
+        ctx.drawImage(bitmap, 0, 0);
+        return { width: bitmap.width, height: bitmap.height, rgba: new Uint8Array(ctx.getImageData(0, 0, c.width, c.height).data.buffer), seconds: data.seconds };
+      }
+    }
+    throw new Error("the server closed the connection before the result");
+  } catch (e) {
+    if (abort.signal.aborted) throw new Error("cancelled");
+    throw e;
+  } finally {
+    server.abort = null;
+  }
+}
+
+const SERVER_STAGES = { prompt: "encoding-prompt", image: "encoding-image", denoising: "denoising", decoding: "decoding" };
+function onServerProgress(m) {
+  if (!running) return;
+  const now = performance.now();
+  const prefix = m.regions > 1 ? `Region ${m.region} / ${m.regions} · ` : "";
+  if (m.stage === "denoising" && m.done > (running.serverDone ?? 0)) {
+    running.stepSeconds.push((now - running.lastEvent) / 1000);
+    running.serverDone = m.done;
+    $("run-bar").value = m.done / m.total;
+    const steps = m.total / m.regions;
+    $("run-text").textContent = `${prefix}Step ${m.done - (m.region - 1) * steps} / ${steps}`;
+  } else if (m.stage !== "denoising") {
+    $("run-text").textContent = prefix + (STAGES[SERVER_STAGES[m.stage]] || m.stage);
+  }
+  running.lastEvent = now;
 }
 
 function showRunError(message) {
@@ -887,11 +1035,12 @@ function hideRunError() {
 
 // The modes the loaded model can run: inpaint-unet and both need an inpainting UNet,
 // projection a base one; auto always works.
-function updateModes(inpaintingUnet) {
+// On a server the model is the server's: every mode is offered, and the server says which fits.
+function updateModes(inpaintingUnet, any = server.on) {
   const select = $("mode");
   for (const option of select.options) {
     const needsInpaintingUnet = option.value === "inpaint-unet" || option.value === "both";
-    option.disabled = option.value !== "auto" && needsInpaintingUnet !== Boolean(inpaintingUnet);
+    option.disabled = !any && option.value !== "auto" && needsInpaintingUnet !== Boolean(inpaintingUnet);
   }
   if (select.selectedOptions[0]?.disabled) select.value = "auto";
 }
@@ -975,7 +1124,9 @@ $("run").onclick = async () => {
   $("run-text").textContent = "Starting…";
   $("preview-caption").hidden = true;
   try {
-    const r = await request("run", { width, height, rgba, mask, options: opts }, [rgba.buffer, mask.buffer]);
+    const r = server.on
+      ? await runOnServer({ width, height, rgba, mask, opts })
+      : await request("run", { width, height, rgba, mask, options: opts }, [rgba.buffer, mask.buffer]);
     const result = document.createElement("canvas");
     result.width = r.width;
     result.height = r.height;
@@ -996,7 +1147,7 @@ $("run").onclick = async () => {
     updateRunButton();
   }
 };
-$("cancel").onclick = () => worker.postMessage({ type: "cancel" });
+$("cancel").onclick = () => (server.abort ? server.abort.abort() : worker.postMessage({ type: "cancel" }));
 
 const STAGES = {
   "encoding-prompt": "reading the prompt…",

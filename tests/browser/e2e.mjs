@@ -14,7 +14,7 @@
 // $CARGO_TARGET_DIR/debug/nullpaint), Chromium ($CHROMIUM, default /usr/bin/chromium).
 
 import { chromium } from "playwright-core";
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve, dirname } from "node:path";
@@ -124,19 +124,19 @@ function cli(args) {
 }
 
 const PROMPT = "a red apple on a wooden table";
-async function settings({ steps = 4, extend = [0, 0, 0, 0] } = {}) {
-  await page.fill("#prompt", PROMPT);
-  await page.fill("#negative-prompt", "blurry");
-  await page.fill("#steps", String(steps));
-  await page.fill("#guidance", "7.5");
-  await page.fill("#seed", "42");
-  await page.fill("#dilation", "2");
-  await page.selectOption("#region", "auto");
-  await page.fill("#context", "128");
-  await page.fill("#feather", "0");
+async function settings({ steps = 4, extend = [0, 0, 0, 0] } = {}, p = page) {
+  await p.fill("#prompt", PROMPT);
+  await p.fill("#negative-prompt", "blurry");
+  await p.fill("#steps", String(steps));
+  await p.fill("#guidance", "7.5");
+  await p.fill("#seed", "42");
+  await p.fill("#dilation", "2");
+  await p.selectOption("#region", "auto");
+  await p.fill("#context", "128");
+  await p.fill("#feather", "0");
   for (const [i, side] of ["left", "top", "right", "bottom"].entries()) {
-    await page.fill(`#extend-${side}`, String(extend[i]));
-    await page.dispatchEvent(`#extend-${side}`, "input");
+    await p.fill(`#extend-${side}`, String(extend[i]));
+    await p.dispatchEvent(`#extend-${side}`, "input");
   }
 }
 const cliSettings = (steps) => [
@@ -169,9 +169,9 @@ const frames = () => page.evaluate(() => new Promise((r) => requestAnimationFram
 // where the mask PNG (the photo's size, placed at (left, top) of the extended canvas) is >= 128,
 // or outside the photo when the canvas was extended. With `inset`, b is the photo itself: only
 // the pixels of a inside the photo are compared with it.
-async function compare(a, b, maskPath, extend = [0, 0, 0, 0], inset = false) {
+async function compare(a, b, maskPath, extend = [0, 0, 0, 0], inset = false, onPage = page) {
   const data = [a, b, maskPath].map((p) => (p ? readFileSync(p).toString("base64") : null));
-  return page.evaluate(async ([pngs, [l, t, r, b], inset]) => {
+  return onPage.evaluate(async ([pngs, [l, t, r, b], inset]) => {
     const pixels = async (b64) => {
       if (!b64) return null;
       const blob = await (await fetch(`data:image/png;base64,${b64}`)).blob();
@@ -753,10 +753,72 @@ try {
   await p.goto(`${hub.url()}/index.html`);
   const shown = await p.waitForSelector("#nogpu:not([hidden])", { timeout: 120_000 }).then(() => true, () => false);
   const text = shown ? await p.locator("#nogpu").textContent() : "";
-  check(shown && text.includes("Chrome") && text.includes("WebGPU"), "without WebGPU the page explains which browsers and settings work");
+  check(shown && text.includes("Chrome") && text.includes("WebGPU") && text.includes("nullpaint serve"), "without WebGPU the page explains which browsers and settings work, and the local server");
   await p.screenshot({ path: join(ART, "06-no-webgpu.png"), fullPage: true });
-  await ctx.close();
-  rmSync(dir, { recursive: true, force: true });
+
+  // 9b. the same page uses `nullpaint serve` (this CLI, CPU backend) as its engine: the photo,
+  // the mask painted in step 4 and the same settings give the native CLI's picture; Cancel
+  // disconnects, which cancels the job on the server.
+  const serve = spawn(CLI, ["serve", "--model", join(FIXTURES, "tiny-sd1"), "--backend", "cpu", "--port", "0", "--cors-origin", new URL(hub.url()).origin], { stdio: ["ignore", "ignore", "pipe"] });
+  let serveLog = "";
+  try {
+    const address = await new Promise((done, failed) => {
+      serve.stderr.on("data", (d) => {
+        serveLog += d;
+        const m = /listening on (http:\/\/\S+)/.exec(serveLog);
+        if (m) done(m[1]);
+      });
+      serve.on("exit", (code) => failed(new Error(`nullpaint serve exited (${code}): ${serveLog}`)));
+      setTimeout(() => failed(new Error(`nullpaint serve did not start: ${serveLog}`)), 300_000);
+    });
+    p.setDefaultTimeout(T);
+    await p.check("#engine-server");
+    await p.fill("#server-url", address);
+    await p.click("#server-connect");
+    await p.waitForFunction(() => /^(Connected|Cannot)/.test(document.getElementById("server-status").textContent));
+    const connected = await p.locator("#server-status").textContent();
+    check(connected.startsWith("Connected") && connected.includes("cpu"), `the page connects to the local server: ${connected}`);
+    await p.setInputFiles("#open-image", join(FIXTURES, "reference/e2e/sd1_guided_64x64.image.png"));
+    await p.waitForSelector("#stage:not(.empty)");
+    await p.setInputFiles("#open-mask", join(ART, "mask.png"));
+    await settings({}, p);
+    await p.click("#run");
+    await p.waitForFunction(() => {
+      const t = document.getElementById("run-text").textContent;
+      return t.startsWith("Done") || !document.getElementById("run-error").hidden;
+    });
+    const runError = (await p.locator("#run-error").isHidden()) ? null : await p.locator("#run-error").textContent();
+    let same = null;
+    if (!runError) {
+      const [download] = await Promise.all([p.waitForEvent("download"), p.click("#download")]);
+      const viaServer = join(ART, "server-result.png");
+      await download.saveAs(viaServer);
+      same = await compare(viaServer, join(ART, "native-result.png"), join(ART, "mask.png"), [0, 0, 0, 0], false, p);
+    }
+    check(!runError && same && !same.error && same.maxHole === 0 && same.maxKnown === 0,
+      `a run on the local server from a page without WebGPU equals the native CLI's: ${runError || JSON.stringify(same)}`);
+    await p.fill("#steps", "400");
+    await p.click("#run");
+    await p.waitForFunction(() => /Step [2-9]/.test(document.getElementById("run-text").textContent));
+    await p.click("#cancel");
+    await p.waitForFunction(() => document.getElementById("run-text").textContent === "Cancelled" || !document.getElementById("run-error").hidden);
+    const t0 = Date.now();
+    let health = null;
+    while (Date.now() - t0 < 30_000) {
+      health = await (await fetch(`${address}/health`)).json();
+      if (!health.busy) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    check(health && !health.busy && health.served === 1 && (await p.locator("#run-text").textContent()) === "Cancelled",
+      `Cancel on the server engine cancels the server's job (idle after ${Date.now() - t0} ms: ${JSON.stringify(health)})`);
+    await p.screenshot({ path: join(ART, "07-local-server.png"), fullPage: true });
+  } catch (e) {
+    check(false, `the local server engine: ${e.stack || e}\n${serveLog}`);
+  } finally {
+    serve.kill("SIGTERM");
+    await ctx.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 await hub.close();

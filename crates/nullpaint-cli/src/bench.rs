@@ -29,7 +29,9 @@ use nullpaint::pipeline::{
 };
 use serde_json::{Map, Value, json};
 
-use crate::{Backend, PrecisionArg, hub, open_device};
+use crate::engine::open_device;
+use crate::hub;
+use crate::options::{Backend, PrecisionArg};
 
 const PROMPT: &str = "a red brick wall with a wooden door";
 const NEGATIVE_PROMPT: &str = "blurry";
