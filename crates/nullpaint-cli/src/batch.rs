@@ -866,6 +866,51 @@ not json
         assert!(jobs[3].settings.is_ok());
     }
 
+    /// Manifest lines are user bytes: mutated lines (bytes flipped, cut, duplicated, huge
+    /// numbers, odd types) give jobs or bad jobs, never a panic.
+    #[test]
+    fn mutated_manifests_never_panic() {
+        let seed_lines = [
+            r#"{"image": "a.png", "mask": "m.png", "prompt": "x", "steps": 3, "seed": 7, "extend": "1,2,3,4"}"#,
+            r#"{"image": "b.png", "region": "crop", "mode": "both", "guidance-scale": -2.5, "no-paste-back": true}"#,
+            r#"{"id": 5, "image": ["a"], "steps": 1e400, "seed": -1, "dilate": null, "context": "99999999999999999999999"}"#,
+        ];
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut lines = Vec::new();
+        for _ in 0..3000 {
+            let mut bytes = seed_lines[(next() % 3) as usize].as_bytes().to_vec();
+            for _ in 0..1 + next() % 4 {
+                if bytes.is_empty() {
+                    bytes.push(b'{');
+                }
+                let at = (next() as usize) % bytes.len();
+                match next() % 4 {
+                    0 => bytes[at] = next() as u8,
+                    1 => bytes.truncate(at),
+                    2 => {
+                        let tail = bytes[at..].to_vec();
+                        bytes.extend_from_slice(&tail);
+                    }
+                    _ => bytes.insert(at, b"0123456789{}[]\",:-e."[(next() % 16) as usize]),
+                }
+            }
+            lines.push(String::from_utf8_lossy(&bytes).into_owned());
+        }
+        let jobs = parse_manifest(&lines.join("\n"), Path::new("/d"), &defaults());
+        assert!(jobs.len() >= 2900, "{}", jobs.len());
+        let mut jobs = jobs;
+        assign_outputs(&mut jobs, Some(Path::new("/o")));
+        assert!(
+            jobs.iter().any(|j| j.settings.is_ok()) && jobs.iter().any(|j| j.settings.is_err())
+        );
+    }
+
     #[test]
     fn eta_reads_well() {
         assert_eq!(format_eta(5.4), "5s");

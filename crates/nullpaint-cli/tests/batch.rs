@@ -157,8 +157,10 @@ fn batch_runs_a_manifest_skips_bad_jobs_and_resumes() {
     assert_eq!(results.len(), 8);
     assert!(results[5..].iter().all(|r| r["status"] == "failed"));
 
-    // A damaged output counts as not done: it is run again.
+    // A damaged output counts as not done: it is run again; the temporary file a killed run
+    // left for it (its process is gone: 4194305 is above Linux's largest pid) is removed.
     std::fs::write(&apple, b"\x89PNG truncated").unwrap();
+    std::fs::write(dir.join(".apple.png.4194305.tmp"), b"half a picture").unwrap();
     let out = nullpaint(&args, &dir);
     assert!(stderr(&out).contains("1 already done"), "{}", stderr(&out));
     assert!(max_level_diff(&apple, &e2e("sd1_guided_64x64.out.png")) <= 1);
