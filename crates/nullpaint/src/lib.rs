@@ -15,6 +15,7 @@ pub mod decode;
 pub mod device;
 pub mod kernel;
 pub mod manifest;
+pub mod metrics;
 pub mod models;
 pub mod pipeline;
 pub mod pixels;
