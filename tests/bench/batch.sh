@@ -5,7 +5,7 @@
 #   tests/bench/batch.sh [JOBS] [STEPS] [MODEL] [BACKEND]
 #
 # Defaults: 20 jobs of the tiny SD 1.x fixture (64x64 photo, 4 steps) on the CPU backend. Uses
-# $NULLPAINT (default: $CARGO_TARGET_DIR/release/nullpaint, else .../debug/nullpaint). Also times
+# $NULLPAINT (default: the newer of $CARGO_TARGET_DIR/{release,debug}/nullpaint). Also times
 # the server: 4 clients posting the same jobs at once to one `nullpaint serve`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -16,8 +16,8 @@ BACKEND="${4:-cpu}"
 TARGET="${CARGO_TARGET_DIR:-target}"
 BIN="${NULLPAINT:-}"
 if [ -z "$BIN" ]; then
-  BIN="$TARGET/release/nullpaint"
-  [ -x "$BIN" ] || BIN="$TARGET/debug/nullpaint"
+  # the newer of the release and debug builds
+  BIN="$(ls -t "$TARGET/release/nullpaint" "$TARGET/debug/nullpaint" 2>/dev/null | head -1)"
 fi
 [ -x "$BIN" ] || { echo "no nullpaint binary at $BIN: build it first" >&2; exit 1; }
 IMAGE="$PWD/tests/fixtures/reference/e2e/sd1_guided_64x64.image.png"

@@ -5,9 +5,14 @@
 
 use std::path::PathBuf;
 
+use std::borrow::Cow;
+
+use burn::tensor::Device;
 use nullpaint::metrics::frechet::{Statistics, frechet_distance};
+use nullpaint::metrics::inception::{FidInceptionV3, preprocess};
 use nullpaint::metrics::quality::{psnr_in_hole, ssim_in_hole};
 use nullpaint::pipeline::{MaskImage, RgbImage};
+use nullpaint::weights::{RawTensor, StoredDType, TensorMap, torch_keys};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/reference")
@@ -28,7 +33,7 @@ fn splitmix64(x: u64) -> u64 {
 /// The generator's `uniform`: element k of `seed` in [-0.5, 0.5).
 fn uniform(seed: u64, count: usize) -> Vec<f64> {
     (0..count as u64)
-        .map(|k| (splitmix64(k + (seed << 32)) >> 11) as f64 * 2f64.powi(-53) - 0.5)
+        .map(|k| (splitmix64(k.wrapping_add(seed << 32)) >> 11) as f64 * 2f64.powi(-53) - 0.5)
         .collect()
 }
 
@@ -144,5 +149,123 @@ fn psnr_and_ssim_in_the_hole_match_scikit_image() {
             (ssim - want_ssim).abs() < 1e-9,
             "{name}: SSIM {ssim} vs {want_ssim}"
         );
+    }
+}
+
+fn fnv1a64(text: &str) -> u64 {
+    text.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01B3)
+    })
+}
+
+/// The generator's `formula_weight` for one key.
+fn formula_weight(key: &str, shape: &[usize]) -> Vec<f32> {
+    let n: usize = shape.iter().product();
+    let u = uniform(fnv1a64(key), n);
+    let f = |v: f64| v as f32;
+    if key.ends_with("conv.weight") {
+        let fan_in: usize = shape[1..].iter().product();
+        let a = 2.0 * (6.0 / fan_in as f64).sqrt();
+        u.iter().map(|v| f(v * a)).collect()
+    } else if key.ends_with("bn.weight") {
+        u.iter().map(|v| f(1.0 + 0.2 * v)).collect()
+    } else if key.ends_with("bn.running_var") {
+        u.iter().map(|v| f(1.0 + 0.4 * (v + 0.5))).collect()
+    } else {
+        u.iter().map(|v| f(0.2 * v)).collect()
+    }
+}
+
+/// pytorch-fid's InceptionV3 with the generator's formula weights, on `device`.
+fn formula_inception(device: &Device) -> (FidInceptionV3, usize) {
+    let skeleton = FidInceptionV3::new(device);
+    let mut source = TensorMap::new("formula weights");
+    let mut parameters = 0;
+    for (key, shape) in torch_keys(&skeleton) {
+        let values = formula_weight(&key, &shape);
+        parameters += values.len();
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        source.insert(
+            key,
+            RawTensor {
+                dtype: StoredDType::F32,
+                shape,
+                data: Cow::Owned(bytes),
+            },
+        );
+    }
+    (FidInceptionV3::load(&source, device).unwrap(), parameters)
+}
+
+/// The preprocessing (torch's bilinear resize to 299, align_corners=False) and the 2048-d
+/// features against pytorch-fid's model with the same weights, on the CPU and on wgpu.
+#[test]
+fn inception_features_match_pytorch_fid() {
+    let reference = reference();
+    let inception = &reference["inception"];
+    let mut devices = vec![("cpu", nullpaint::device::cpu())];
+    match nullpaint::device::wgpu() {
+        Ok((device, _)) => devices.push(("wgpu", device)),
+        Err(e) if std::env::var("NULLPAINT_REQUIRE_WGPU").as_deref() == Ok("1") => {
+            panic!("NULLPAINT_REQUIRE_WGPU=1 but {e}")
+        }
+        Err(e) => eprintln!("WARNING: wgpu skipped: {e}"),
+    }
+    for (name, device) in devices {
+        let (model, parameters) = formula_inception(&device);
+        assert_eq!(parameters as u64, inception["parameters"].as_u64().unwrap());
+        // Both pictures on the CPU; the first on wgpu (lavapipe runs the 5.7 GFLOP network slowly).
+        let cases = inception["cases"].as_array().unwrap();
+        let cases = if name == "cpu" {
+            &cases[..]
+        } else {
+            &cases[..1]
+        };
+        for case in cases {
+            let file = case["image"].as_str().unwrap();
+            let image = rgb(fixtures().join("e2e").join(file));
+            let input = preprocess(&image);
+            for probe in case["input_probes"].as_array().unwrap() {
+                let p: Vec<f64> = probe
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap())
+                    .collect();
+                let (c, y, x) = (p[0] as usize, p[1] as usize, p[2] as usize);
+                let got = input[(c * 299 + y) * 299 + x] as f64;
+                assert!(
+                    (got - p[3]).abs() < 1e-6,
+                    "{file} input ({c}, {y}, {x}): {got} vs torch's {}",
+                    p[3]
+                );
+            }
+            let got: Vec<f32> = model
+                .features(&image)
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .unwrap();
+            let want: Vec<f64> = case["features"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            assert_eq!(got.len(), 2048);
+            let max = got
+                .iter()
+                .zip(&want)
+                .map(|(g, w)| (*g as f64 - w).abs())
+                .fold(0.0, f64::max);
+            let scale = want.iter().fold(0.0f64, |m, w| m.max(w.abs()));
+            eprintln!(
+                "{name} {file}: max |features - pytorch-fid's| {max:.2e} (largest feature {scale:.3})"
+            );
+            assert!(
+                max <= 1e-4,
+                "{name} {file}: features differ from pytorch-fid's by up to {max:.2e}"
+            );
+        }
     }
 }

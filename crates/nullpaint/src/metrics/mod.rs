@@ -4,4 +4,5 @@
 //! scikit-image (tests/metrics.rs).
 
 pub mod frechet;
+pub mod inception;
 pub mod quality;
