@@ -37,15 +37,28 @@ pub enum FrechetError {
     NoConvergence,
 }
 
-/// The mean and the unbiased covariance of a set of feature vectors, in f64.
+/// The mean and the unbiased covariance of a set of feature vectors, in f64. With fewer
+/// vectors than dimensions (200 images, 2048 features) the covariance `X^T X / (n - 1)` is kept
+/// as its centred rows `X` (`n x dim`), which is smaller and lets [`frechet_distance`] work on
+/// `n x n` matrices; otherwise as the `dim x dim` matrix.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Statistics {
     pub dim: usize,
     /// Vectors the statistics were computed from.
     pub n: usize,
     pub mu: Vec<f64>,
-    /// `dim x dim`, row-major.
-    pub sigma: Vec<f64>,
+    /// `tr(S)`.
+    pub trace: f64,
+    pub covariance: Covariance,
+}
+
+/// How [`Statistics`] holds its covariance `S`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Covariance {
+    /// `S` itself, `dim x dim`, row-major.
+    Matrix(Vec<f64>),
+    /// The centred vectors `X`, `n x dim`, row-major: `S = X^T X / (n - 1)`.
+    Centred(Vec<f64>),
 }
 
 impl Statistics {
@@ -80,11 +93,22 @@ impl Statistics {
         for m in &mut mu {
             *m /= n as f64;
         }
-        // Centred rows, then S = X^T X / (n - 1), the upper triangle then mirrored.
         let centred: Vec<f64> = features
             .chunks_exact(dim)
             .flat_map(|row| row.iter().zip(&mu).map(|(&v, m)| v as f64 - m))
             .collect();
+        let scale = 1.0 / (n as f64 - 1.0);
+        let trace = centred.iter().map(|v| v * v).sum::<f64>() * scale;
+        if n < dim {
+            return Ok(Self {
+                dim,
+                n,
+                mu,
+                trace,
+                covariance: Covariance::Centred(centred),
+            });
+        }
+        // S = X^T X / (n - 1): the upper triangle, then mirrored.
         let mut sigma = vec![0f64; dim * dim];
         for row in centred.chunks_exact(dim) {
             for i in 0..dim {
@@ -98,7 +122,6 @@ impl Statistics {
                 }
             }
         }
-        let scale = 1.0 / (n as f64 - 1.0);
         for i in 0..dim {
             for j in i..dim {
                 let v = sigma[i * dim + j] * scale;
@@ -106,7 +129,28 @@ impl Statistics {
                 sigma[j * dim + i] = v;
             }
         }
-        Ok(Self { dim, n, mu, sigma })
+        Ok(Self {
+            dim,
+            n,
+            mu,
+            trace,
+            covariance: Covariance::Matrix(sigma),
+        })
+    }
+
+    /// `S` as a `dim x dim` matrix (computed from the centred vectors when that is the form).
+    pub fn sigma(&self) -> Vec<f64> {
+        match &self.covariance {
+            Covariance::Matrix(s) => s.clone(),
+            Covariance::Centred(x) => {
+                let d = self.dim;
+                let xt = transpose(x, self.n, d);
+                let mut s = matmul_rect(&xt, x, d, self.n, d);
+                let scale = 1.0 / (self.n as f64 - 1.0);
+                s.iter_mut().for_each(|v| *v *= scale);
+                s
+            }
+        }
     }
 }
 
@@ -115,59 +159,100 @@ pub fn frechet_distance(a: &Statistics, b: &Statistics) -> Result<f64, FrechetEr
     if a.dim != b.dim {
         return Err(FrechetError::Widths(a.dim, b.dim));
     }
-    let n = a.dim;
     let mean_term: f64 = a.mu.iter().zip(&b.mu).map(|(x, y)| (x - y) * (x - y)).sum();
-    let trace = |s: &[f64]| (0..n).map(|i| s[i * n + i]).sum::<f64>();
-    // S1^½ = V diag(sqrt(max(λ, 0))) V^T
-    let (values, vectors) = symmetric_eigen(a.sigma.clone(), n, true)?;
-    let mut scaled = vectors.clone(); // V diag(sqrt λ): column j scaled
-    for (j, &l) in values.iter().enumerate() {
-        let s = l.max(0.0).sqrt();
-        for i in 0..n {
-            scaled[i * n + j] *= s;
-        }
-    }
-    let root = matmul_transposed_b(&scaled, &vectors, n); // (V D^½) V^T
-    let tmp = matmul(&root, &b.sigma, n);
-    let mut product = matmul(&tmp, &root, n);
-    for i in 0..n {
-        for j in i + 1..n {
-            let v = 0.5 * (product[i * n + j] + product[j * n + i]);
-            product[i * n + j] = v;
-            product[j * n + i] = v;
-        }
-    }
-    let (eigen, _) = symmetric_eigen(product, n, false)?;
-    let tr_covmean: f64 = eigen.iter().map(|l| l.max(0.0).sqrt()).sum();
-    Ok(mean_term + trace(&a.sigma) + trace(&b.sigma) - 2.0 * tr_covmean)
+    Ok(mean_term + a.trace + b.trace - 2.0 * trace_sqrt_product(a, b)?)
 }
 
-/// `a b` for `n x n` row-major matrices.
-fn matmul(a: &[f64], b: &[f64], n: usize) -> Vec<f64> {
-    let mut out = vec![0f64; n * n];
+/// `tr(sqrtm(S_a S_b))`: the sum of the square roots of the eigenvalues of `S_a S_b`, taken
+/// from the smallest symmetric matrix with the same non-zero eigenvalues:
+/// - both as centred vectors (`S = X^T X / c`): `K K^T / (c_a c_b)` with `K = X_a X_b^T`
+///   (`n_a x n_a`; the non-zero eigenvalues of `X_a^T (X_a X_b^T X_b)` are those of
+///   `(X_a X_b^T X_b) X_a^T`);
+/// - one as centred vectors: `X_a S_b X_a^T / c_a` (`n_a x n_a`);
+/// - both as matrices: `S_a^½ S_b S_a^½` (`dim x dim`).
+fn trace_sqrt_product(a: &Statistics, b: &Statistics) -> Result<f64, FrechetError> {
+    let d = a.dim;
+    let sum_roots = |m: Vec<f64>, n: usize, scale: f64| -> Result<f64, FrechetError> {
+        let m = symmetrise(m, n);
+        let (eigen, _) = symmetric_eigen(m, n, false)?;
+        Ok(eigen.iter().map(|l| (l.max(0.0) * scale).sqrt()).sum())
+    };
+    match (&a.covariance, &b.covariance) {
+        (Covariance::Centred(xa), Covariance::Centred(xb)) => {
+            // the smaller side first
+            let (xa, na, xb, nb) = if a.n <= b.n {
+                (xa, a.n, xb, b.n)
+            } else {
+                (xb, b.n, xa, a.n)
+            };
+            let k = matmul_rect(xa, &transpose(xb, nb, d), na, d, nb); // [na, nb]
+            let kkt = matmul_rect(&k, &transpose(&k, na, nb), na, nb, na);
+            sum_roots(kkt, na, 1.0 / ((a.n as f64 - 1.0) * (b.n as f64 - 1.0)))
+        }
+        (Covariance::Centred(x), Covariance::Matrix(s))
+        | (Covariance::Matrix(s), Covariance::Centred(x)) => {
+            let n = if matches!(a.covariance, Covariance::Centred(_)) {
+                a.n
+            } else {
+                b.n
+            };
+            let xs = matmul_rect(x, s, n, d, d);
+            let m = matmul_rect(&xs, &transpose(x, n, d), n, d, n);
+            sum_roots(m, n, 1.0 / (n as f64 - 1.0))
+        }
+        (Covariance::Matrix(sa), Covariance::Matrix(sb)) => {
+            // S_a^½ = V diag(sqrt(max(λ, 0))) V^T
+            let (values, vectors) = symmetric_eigen(sa.clone(), d, true)?;
+            let mut scaled = vectors.clone(); // V diag(sqrt λ): column j scaled
+            for (j, &l) in values.iter().enumerate() {
+                let r = l.max(0.0).sqrt();
+                for i in 0..d {
+                    scaled[i * d + j] *= r;
+                }
+            }
+            let root = matmul_rect(&scaled, &transpose(&vectors, d, d), d, d, d);
+            let tmp = matmul_rect(&root, sb, d, d, d);
+            sum_roots(matmul_rect(&tmp, &root, d, d, d), d, 1.0)
+        }
+    }
+}
+
+/// `(m + m^T) / 2` of an `n x n` matrix.
+fn symmetrise(mut m: Vec<f64>, n: usize) -> Vec<f64> {
     for i in 0..n {
-        let row = &mut out[i * n..(i + 1) * n];
-        for k in 0..n {
-            let aik = a[i * n + k];
-            if aik == 0.0 {
-                continue;
-            }
-            for (o, &bkj) in row.iter_mut().zip(&b[k * n..(k + 1) * n]) {
-                *o += aik * bkj;
-            }
+        for j in i + 1..n {
+            let v = 0.5 * (m[i * n + j] + m[j * n + i]);
+            m[i * n + j] = v;
+            m[j * n + i] = v;
+        }
+    }
+    m
+}
+
+/// The transpose of a `rows x cols` row-major matrix.
+fn transpose(m: &[f64], rows: usize, cols: usize) -> Vec<f64> {
+    let mut out = vec![0f64; rows * cols];
+    for i in 0..rows {
+        for j in 0..cols {
+            out[j * rows + i] = m[i * cols + j];
         }
     }
     out
 }
 
-/// `a b^T` for `n x n` row-major matrices.
-fn matmul_transposed_b(a: &[f64], b: &[f64], n: usize) -> Vec<f64> {
-    let mut out = vec![0f64; n * n];
-    for i in 0..n {
-        let ai = &a[i * n..(i + 1) * n];
-        for j in 0..n {
-            let bj = &b[j * n..(j + 1) * n];
-            out[i * n + j] = ai.iter().zip(bj).map(|(x, y)| x * y).sum();
+/// `a b` for `a`: `m x k`, `b`: `k x n`, row-major.
+fn matmul_rect(a: &[f64], b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
+    let mut out = vec![0f64; m * n];
+    for i in 0..m {
+        let row = &mut out[i * n..(i + 1) * n];
+        for p in 0..k {
+            let aip = a[i * k + p];
+            if aip == 0.0 {
+                continue;
+            }
+            for (o, &bpj) in row.iter_mut().zip(&b[p * n..(p + 1) * n]) {
+                *o += aip * bpj;
+            }
         }
     }
     out
@@ -386,6 +471,46 @@ mod tests {
         let b = Statistics::from_features(&[0.0, 4.0, 8.0], 3, 1, "b").unwrap();
         let want = (2.5f64 - 4.0).powi(2) + ((5.0f64 / 3.0).sqrt() - 16f64.sqrt()).powi(2);
         assert!((frechet_distance(&a, &b).unwrap() - want).abs() < 1e-12);
+    }
+
+    /// The n x n paths give the dim x dim path's distance (rank-deficient and mixed sets).
+    #[test]
+    fn every_covariance_form_gives_the_same_distance() {
+        let f = |seed: u32, n: usize, d: usize| -> Vec<f32> {
+            (0..n * d)
+                .map(|k| {
+                    let x = (k as u32)
+                        .wrapping_mul(2654435761)
+                        .wrapping_add(seed.wrapping_mul(97));
+                    ((x >> 8) % 1000) as f32 / 1000.0 - 0.5 + (k % d) as f32 * 0.01
+                })
+                .collect()
+        };
+        let d = 12;
+        let small_a = Statistics::from_features(&f(1, 5, d), 5, d, "a").unwrap();
+        let small_b = Statistics::from_features(&f(2, 7, d), 7, d, "b").unwrap();
+        let big = Statistics::from_features(&f(3, 30, d), 30, d, "c").unwrap();
+        assert!(matches!(small_a.covariance, Covariance::Centred(_)));
+        assert!(matches!(big.covariance, Covariance::Matrix(_)));
+        let as_matrix = |s: &Statistics| Statistics {
+            covariance: Covariance::Matrix(s.sigma()),
+            ..s.clone()
+        };
+        for (a, b) in [
+            (&small_a, &small_b),
+            (&small_b, &small_a),
+            (&small_a, &big),
+            (&big, &small_b),
+        ] {
+            let fast = frechet_distance(a, b).unwrap();
+            let full = frechet_distance(&as_matrix(a), &as_matrix(b)).unwrap();
+            // (the dim x dim path takes square roots of a rank-deficient S's rounding-level
+            // eigenvalues, ~sqrt(f64::EPSILON) of noise; the n x n paths have none)
+            assert!(
+                (fast - full).abs() < 1e-6 * full.abs().max(1.0),
+                "{fast} vs {full}"
+            );
+        }
     }
 
     #[test]

@@ -95,7 +95,8 @@ impl BasicConv2d {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        relu(self.bn.forward(self.conv.forward(x)))
+        // the engine's convolution (the CPU fast path on the CPU backend)
+        relu(self.bn.forward(crate::models::ops::conv2d(&self.conv, x)))
     }
 }
 
