@@ -27,6 +27,7 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 use nullpaint::metrics::frechet::{Statistics, frechet_distance};
 use nullpaint::metrics::inception::{FEATURES, FidInceptionV3};
+use nullpaint::metrics::lpips::Lpips;
 use nullpaint::metrics::quality::{psnr_in_hole, ssim_in_hole};
 use nullpaint::pipeline::{MaskImage, RgbImage};
 use nullpaint::regions::{self, Filter};
@@ -56,6 +57,10 @@ pub struct EvalArgs {
     /// pytorch-fid's InceptionV3 weights as safetensors (tests/fixtures/convert_inception.py).
     #[arg(long, value_name = "FILE")]
     inception: PathBuf,
+    /// LPIPS (v0.1, AlexNet) weights as safetensors (tests/fixtures/convert_lpips.py): adds the
+    /// mean LPIPS between each photo and its inpainting to the table.
+    #[arg(long, value_name = "FILE")]
+    lpips: Option<PathBuf>,
     /// Sides of the centred square holes, in pixels.
     #[arg(
         long,
@@ -259,6 +264,8 @@ struct Scores {
     fid: f64,
     psnr: f64,
     ssim: f64,
+    /// Mean LPIPS over the photos (whole pictures), when `--lpips` is given.
+    lpips: Option<f64>,
     n: usize,
 }
 
@@ -454,6 +461,19 @@ pub fn eval(args: EvalArgs) -> Result<()> {
             args.inception.display()
         )
     })?;
+    let lpips = match &args.lpips {
+        Some(path) => {
+            let weights = SafetensorsFile::open(path)
+                .with_context(|| format!("cannot read the LPIPS weights {}", path.display()))?;
+            Some(Lpips::load(&weights, &device).with_context(|| {
+                format!(
+                    "{} is not LPIPS v0.1 AlexNet weights (write them with tests/fixtures/convert_lpips.py)",
+                    path.display()
+                )
+            })?)
+        }
+        None => None,
+    };
     let stats = |set: &[RgbImage], what: &'static str| -> Result<Statistics> {
         let mut all = Vec::with_capacity(set.len() * FEATURES);
         for p in set {
@@ -472,12 +492,23 @@ pub fn eval(args: EvalArgs) -> Result<()> {
             ssim += ssim_in_hole(gt, out, m)?;
         }
         let n = outs.len();
+        let lpips = match &lpips {
+            Some(model) => {
+                let mut sum = 0.0;
+                for (gt, out) in truth.iter().zip(outs) {
+                    sum += model.distance(gt, out).map_err(|e| anyhow::anyhow!(e))?;
+                }
+                Some(sum / n as f64)
+            }
+            None => None,
+        };
         table.push((
             s,
             Scores {
                 fid,
                 psnr: psnr / n as f64,
                 ssim: ssim / n as f64,
+                lpips,
                 n,
             },
         ));
@@ -503,13 +534,19 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         "preprocessing": format!("upright RGB, short side {} px (Pillow LANCZOS), not cropped; centred square holes", args.short_side),
         "fid": "pytorch-fid InceptionV3 pool3 (2048), bilinear resize to 299 (align_corners=False), Fréchet distance in f64",
         "psnr_ssim": "over the hole; SSIM: skimage defaults (7x7 uniform window), mean of the map over the hole",
+        "lpips": "lpips 0.1 (AlexNet), whole pictures, mean over the photos; null without --lpips",
         "sizes": sizes,
     });
-    let mut md = "| hole | FID | PSNR (dB, hole) | SSIM (hole) | n |\n|---|---:|---:|---:|---:|\n"
-        .to_string();
+    let mut md = if lpips.is_some() {
+        "| hole | FID | PSNR (dB, hole) | SSIM (hole) | LPIPS | n |\n|---|---:|---:|---:|---:|---:|\n"
+    } else {
+        "| hole | FID | PSNR (dB, hole) | SSIM (hole) | n |\n|---|---:|---:|---:|---:|\n"
+    }
+    .to_string();
     for (s, sc) in &table {
+        let lp = sc.lpips.map(|v| format!(" {v:.4} |")).unwrap_or_default();
         md.push_str(&format!(
-            "| {s}x{s} | {:.2} | {:.2} | {:.4} | {} |\n",
+            "| {s}x{s} | {:.2} | {:.2} | {:.4} |{lp} {} |\n",
             sc.fid, sc.psnr, sc.ssim, sc.n
         ));
     }

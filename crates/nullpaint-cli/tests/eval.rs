@@ -11,6 +11,7 @@ use std::process::{Command, Output};
 
 use common::{fixtures, tempdir};
 use nullpaint::metrics::inception::FidInceptionV3;
+use nullpaint::metrics::lpips::Lpips;
 use nullpaint::weights::torch_keys;
 
 fn splitmix64(x: u64) -> u64 {
@@ -23,7 +24,18 @@ fn splitmix64(x: u64) -> u64 {
 /// A safetensors file of InceptionV3 weights: He-uniform convolutions, batch norms near the
 /// identity (the formula of tests/fixtures/generate_metrics.py, keyed by position here).
 fn write_inception(path: &Path) {
-    let keys = torch_keys(&FidInceptionV3::new(&nullpaint::device::cpu()));
+    write_formula(
+        path,
+        torch_keys(&FidInceptionV3::new(&nullpaint::device::cpu())),
+    );
+}
+
+/// LPIPS (AlexNet) weights of the same kind (the lin layers non-negative, as trained ones).
+fn write_lpips(path: &Path) {
+    write_formula(path, torch_keys(&Lpips::new(&nullpaint::device::cpu())));
+}
+
+fn write_formula(path: &Path, keys: Vec<(String, Vec<usize>)>) {
     let mut header = serde_json::Map::new();
     let mut data: Vec<u8> = Vec::new();
     for (t, (key, shape)) in keys.iter().enumerate() {
@@ -31,13 +43,17 @@ fn write_inception(path: &Path) {
         let start = data.len();
         for k in 0..n {
             let u = (splitmix64(((t as u64) << 32) + k as u64) >> 11) as f64 * 2f64.powi(-53) - 0.5;
-            let v = if key.ends_with("conv.weight") {
+            let v = if key.ends_with("conv.weight")
+                || (key.starts_with("conv") && key.ends_with(".weight"))
+            {
                 let fan_in: usize = shape[1..].iter().product();
                 u * 2.0 * (6.0 / fan_in as f64).sqrt()
             } else if key.ends_with("bn.weight") {
                 1.0 + 0.2 * u
             } else if key.ends_with("bn.running_var") {
                 1.0 + 0.4 * (u + 0.5)
+            } else if key.starts_with("lin") {
+                0.1 * (u + 0.5)
             } else {
                 0.2 * u
             };
@@ -65,6 +81,8 @@ fn run(dir: &Path) -> Output {
             "out",
             "--inception",
             "inception.safetensors",
+            "--lpips",
+            "lpips.safetensors",
             "--mask-sizes",
             "24,16",
             "--short-side",
@@ -94,6 +112,7 @@ fn eval_writes_the_table_and_resumes() {
         std::fs::copy(e2e.join(file), dir.join("photos").join(name)).unwrap();
     }
     write_inception(&dir.join("inception.safetensors"));
+    write_lpips(&dir.join("lpips.safetensors"));
 
     let out = run(&dir);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -140,7 +159,10 @@ fn eval_writes_the_table_and_resumes() {
         );
     }
     let md = std::fs::read_to_string(dir.join("out/results.md")).unwrap();
-    assert!(md.contains("| 24x24 |") && md.contains("| 16x16 |"), "{md}");
+    assert!(
+        md.contains("| 24x24 |") && md.contains("| 16x16 |") && md.contains("LPIPS"),
+        "{md}"
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("| 24x24 |"));
 
     // Rerun: every result reused, the model not loaded, the same scores.

@@ -269,3 +269,65 @@ fn inception_features_match_pytorch_fid() {
         }
     }
 }
+
+/// The generator's `lpips_formula`.
+fn lpips_formula(key: &str, shape: &[usize]) -> Vec<f32> {
+    let n: usize = shape.iter().product();
+    let u = uniform(fnv1a64(&format!("lpips.{key}")), n);
+    if key.starts_with("conv") && key.ends_with(".weight") {
+        let fan_in: usize = shape[1..].iter().product();
+        let a = 2.0 * (6.0 / fan_in as f64).sqrt();
+        u.iter().map(|v| (v * a) as f32).collect()
+    } else if key.starts_with("lin") {
+        u.iter().map(|v| (0.1 * (v + 0.5)) as f32).collect()
+    } else {
+        u.iter().map(|v| (0.2 * v) as f32).collect()
+    }
+}
+
+/// LPIPS (AlexNet, v0.1) against the lpips package with the same weights, CPU and wgpu.
+#[test]
+fn lpips_matches_the_lpips_package() {
+    use nullpaint::metrics::lpips::Lpips;
+    let reference = reference();
+    let mut devices = vec![("cpu", nullpaint::device::cpu())];
+    match nullpaint::device::wgpu() {
+        Ok((device, _)) => devices.push(("wgpu", device)),
+        Err(e) if std::env::var("NULLPAINT_REQUIRE_WGPU").as_deref() == Ok("1") => {
+            panic!("NULLPAINT_REQUIRE_WGPU=1 but {e}")
+        }
+        Err(e) => eprintln!("WARNING: wgpu skipped: {e}"),
+    }
+    for (name, device) in devices {
+        let skeleton = Lpips::new(&device);
+        let mut source = TensorMap::new("formula weights");
+        for (key, shape) in torch_keys(&skeleton) {
+            let bytes: Vec<u8> = lpips_formula(&key, &shape)
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            source.insert(
+                key,
+                RawTensor {
+                    dtype: StoredDType::F32,
+                    shape,
+                    data: Cow::Owned(bytes),
+                },
+            );
+        }
+        let model = Lpips::load(&source, &device).unwrap();
+        for case in reference["lpips"].as_array().unwrap() {
+            let c = case["case"].as_str().unwrap();
+            let e2e = |s: &str| rgb(fixtures().join("e2e").join(format!("{c}.{s}.png")));
+            let (photo, out) = (e2e("image"), e2e("out"));
+            let got = model.distance(&photo, &out).unwrap();
+            let want = case["lpips"].as_f64().unwrap();
+            eprintln!("{name} {c}: LPIPS {got:.9} vs the lpips package's {want:.9}");
+            assert!(
+                (got - want).abs() <= 1e-5 * want.abs().max(1e-3),
+                "{name} {c}: {got} vs {want}"
+            );
+            assert_eq!(model.distance(&photo, &photo).unwrap(), 0.0);
+        }
+    }
+}
