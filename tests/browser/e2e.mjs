@@ -7,7 +7,8 @@
 // only that chunk may be fetched again. Then a 12-megapixel photo: zoom with the wheel, pan
 // (Space + drag, middle button), paint two small holes at known photo pixels, run by regions
 // at full resolution and compare with the CLI (every pixel outside the holes the photo's).
-// Finally, without WebGPU the page must say so. Screenshots go to tests/browser/artifacts/
+// Finally, without WebGPU the page must say so, and run on a local `nullpaint serve` instead
+// (same picture as the CLI; Cancel cancels the server's job). Screenshots go to tests/browser/artifacts/
 // (or $NULLPAINT_ARTIFACTS).
 //
 // Needs: www/pkg (python3 web/build.py), the native CLI ($NULLPAINT_CLI, default
