@@ -770,7 +770,8 @@ try {
         if (m) done(m[1]);
       });
       serve.on("exit", (code) => failed(new Error(`nullpaint serve exited (${code}): ${serveLog}`)));
-      setTimeout(() => failed(new Error(`nullpaint serve did not start: ${serveLog}`)), 300_000);
+      // unref: once the server is up, this timer must not keep node alive for 5 minutes
+      setTimeout(() => failed(new Error(`nullpaint serve did not start: ${serveLog}`)), 300_000).unref();
     });
     p.setDefaultTimeout(T);
     await p.check("#engine-server");
