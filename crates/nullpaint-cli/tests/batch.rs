@@ -42,15 +42,10 @@ fn read_results(path: &Path) -> Vec<serde_json::Value> {
 }
 
 fn max_level_diff(got: &Path, want: &Path) -> u8 {
-    let got = image::open(got).unwrap().to_rgb8();
-    let want = image::open(want).unwrap().to_rgb8();
-    assert_eq!(got.dimensions(), want.dimensions());
-    got.as_raw()
-        .iter()
-        .zip(want.as_raw())
-        .map(|(a, b)| a.abs_diff(*b))
-        .max()
-        .unwrap()
+    common::max_level_diff(
+        &image::open(got).unwrap().to_rgb8(),
+        &image::open(want).unwrap().to_rgb8(),
+    )
 }
 
 fn modified(path: &Path) -> SystemTime {

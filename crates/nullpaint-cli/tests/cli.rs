@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{fixtures, tempdir};
+use common::{fixtures, max_level_diff, tempdir};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -20,17 +20,6 @@ fn nullpaint(args: &[&str], dir: &Path) -> Output {
         .env("HF_HOME", dir.join("hf-home"))
         .env("HF_HUB_OFFLINE", "1")
         .output()
-        .unwrap()
-}
-
-/// The largest difference of one channel of one pixel between two pictures of the same size.
-fn max_level_diff(got: &image::RgbImage, want: &image::RgbImage) -> u8 {
-    assert_eq!(got.dimensions(), want.dimensions());
-    got.as_raw()
-        .iter()
-        .zip(want.as_raw())
-        .map(|(a, b)| a.abs_diff(*b))
-        .max()
         .unwrap()
 }
 

@@ -265,15 +265,10 @@ fn apple(steps: usize) -> Vec<(&'static str, Part)> {
 }
 
 fn max_level_diff(got: &[u8], want_png: &[u8]) -> u8 {
-    let got = image::load_from_memory(got).unwrap().to_rgb8();
-    let want = image::load_from_memory(want_png).unwrap().to_rgb8();
-    assert_eq!(got.dimensions(), want.dimensions());
-    got.as_raw()
-        .iter()
-        .zip(want.as_raw())
-        .map(|(a, b)| a.abs_diff(*b))
-        .max()
-        .unwrap()
+    common::max_level_diff(
+        &image::load_from_memory(got).unwrap().to_rgb8(),
+        &image::load_from_memory(want_png).unwrap().to_rgb8(),
+    )
 }
 
 /// Server-sent events of a body: (event, data) pairs.

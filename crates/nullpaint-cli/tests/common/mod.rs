@@ -15,3 +15,14 @@ pub fn tempdir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// The largest difference of one channel of one pixel between two pictures of the same size.
+pub fn max_level_diff(got: &image::RgbImage, want: &image::RgbImage) -> u8 {
+    assert_eq!(got.dimensions(), want.dimensions());
+    got.as_raw()
+        .iter()
+        .zip(want.as_raw())
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap()
+}
