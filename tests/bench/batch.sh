@@ -52,7 +52,7 @@ for k in $(seq 1 "$JOBS"); do cmp -s "$WORK/out-batch/$k.png" "$WORK/out-single/
 # The server: 4 clients at once, JOBS requests in all.
 "$BIN" serve --model "$MODEL" --backend "$BACKEND" --port 0 --queue 8 2>"$WORK/serve.log" &
 SERVER_PID=$!
-for _ in $(seq 1 600); do grep -q "listening on" "$WORK/serve.log" && break; sleep 0.2; done
+for _ in $(seq 1 600); do grep -q "listening on http://[^ ]* " "$WORK/serve.log" && break; sleep 0.2; done
 ADDR=$(grep -o 'listening on http://[^ ]*' "$WORK/serve.log" | sed 's/listening on //')
 [ -n "$ADDR" ] || { cat "$WORK/serve.log"; exit 1; }
 t3=$(now)

@@ -766,7 +766,8 @@ try {
     const address = await new Promise((done, failed) => {
       serve.stderr.on("data", (d) => {
         serveLog += d;
-        const m = /listening on (http:\/\/\S+)/.exec(serveLog);
+        // the whole address: the pipe can hand the line over in pieces ("http://127")
+        const m = /listening on (http:\/\/\S+) /.exec(serveLog);
         if (m) done(m[1]);
       });
       serve.on("exit", (code) => failed(new Error(`nullpaint serve exited (${code}): ${serveLog}`)));

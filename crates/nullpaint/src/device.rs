@@ -171,8 +171,12 @@ fn configure_gpu_cache() {
 }
 
 /// The process-wide wgpu device and its adapter, initialised on first call (native).
+/// `NULLPAINT_WGPU_LIMITS=webgpu` makes it [`wgpu_webgpu_limits`]'s device.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn wgpu() -> Result<(Device, AdapterInfo), DeviceError> {
+    if browser_limits_requested() {
+        return wgpu_webgpu_limits();
+    }
     WGPU.get_or_init(|| {
         configure_gpu_cache();
         // On Linux, ask for Vulkan first: letting wgpu probe every API also initialises EGL,
@@ -190,6 +194,89 @@ pub fn wgpu() -> Result<(Device, AdapterInfo), DeviceError> {
         Ok((device, adapter_info(&setup)))
     })
     .clone()
+}
+
+/// Whether `NULLPAINT_WGPU_LIMITS=webgpu` asks the native wgpu device for the browser's limits.
+#[cfg(not(target_arch = "wasm32"))]
+fn browser_limits_requested() -> bool {
+    match std::env::var("NULLPAINT_WGPU_LIMITS") {
+        Ok(v) if v == "webgpu" => true,
+        Ok(v) if v.is_empty() || v == "adapter" => false,
+        Ok(v) => {
+            tracing::warn!(
+                "NULLPAINT_WGPU_LIMITS={v:?} is not understood (use `webgpu` or `adapter`); using the adapter's limits"
+            );
+            false
+        }
+        Err(_) => false,
+    }
+}
+
+/// A native wgpu device that asks for no more than WebGPU's default limits (the ones every
+/// browser grants: 8 storage buffers per shader stage, 128 MiB per storage binding, 256 MiB
+/// buffers, 16 KiB of workgroup memory). Burn and CubeCL size their kernels from the device's
+/// limits, so on this device they build what the page builds: kernel fusion, tiling and binding
+/// counts can be tested natively (`NULLPAINT_WGPU_LIMITS=webgpu`) instead of in a browser. The
+/// features stay the adapter's (CubeCL reads them from the adapter).
+///
+/// One per process, initialised on first call, separate from [`wgpu`]'s (unless the variable
+/// makes them the same).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn wgpu_webgpu_limits() -> Result<(Device, AdapterInfo), DeviceError> {
+    static LIMITED: std::sync::OnceLock<Result<(Device, AdapterInfo), DeviceError>> =
+        std::sync::OnceLock::new();
+    LIMITED
+        .get_or_init(|| {
+            configure_gpu_cache();
+            browser_limited_device()
+        })
+        .clone()
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn browser_limited_device() -> Result<(Device, AdapterInfo), DeviceError> {
+    use burn::tensor::wgpu::{WgpuSetup, wgpu};
+    let no_adapter = |e: String| DeviceError::NoAdapter(e);
+    let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    // As in `wgpu()`: Vulkan only on Linux, so that EGL is never probed on headless machines.
+    if cfg!(target_os = "linux") {
+        descriptor.backends = wgpu::Backends::VULKAN;
+    }
+    let instance = wgpu::Instance::new(descriptor);
+    let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+        power_preference: wgpu::PowerPreference::HighPerformance,
+        ..Default::default()
+    }))
+    .map_err(|e| no_adapter(e.to_string()))?;
+    // CubeCL decides which types its kernels use from the adapter's features (not the
+    // device's), so the device must enable all of them, as CubeCL's own set-up does.
+    let features = adapter
+        .features()
+        .difference(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS);
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        label: Some("nullpaint (WebGPU default limits)"),
+        required_features: features,
+        required_limits: wgpu::Limits::default(),
+        memory_hints: wgpu::MemoryHints::MemoryUsage,
+        trace: wgpu::Trace::Off,
+        experimental_features: wgpu::ExperimentalFeatures::disabled(),
+    }))
+    .map_err(|e| no_adapter(format!("the adapter refused WebGPU's default limits: {e}")))?;
+    let backend = adapter.get_info().backend;
+    let setup = WgpuSetup {
+        instance,
+        adapter,
+        device,
+        queue,
+        backend,
+    };
+    let info = adapter_info(&setup);
+    tracing::info!("wgpu device with WebGPU's default limits (NULLPAINT_WGPU_LIMITS=webgpu)");
+    let device = Device::wgpu_options()
+        .setup(setup)
+        .init()
+        .map_err(|e| no_adapter(e.to_string()))?;
+    Ok((device, info))
 }
 
 /// Initialises wgpu asynchronously (the browser's only way; also works natively).
