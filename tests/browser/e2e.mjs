@@ -243,7 +243,7 @@ try {
   await page.goto(`${hub.url()}/index.html?chunk=${CHUNK}`);
   const status = await waitReady();
   const adapter = await page.evaluate(() => window.nullpaint.adapter);
-  check(adapter.backend === "BrowserWebGpu", `engine on WebGPU: ${status} (shader-f16: ${adapter.shaderF16}, max buffer ${adapter.maxBufferSize})`);
+  check(adapter.backend === "BrowserWebGpu", `engine on WebGPU: ${status} (shader-f16: ${adapter.shaderF16}, max buffer ${adapter.maxBufferSize}, attention: ${adapter.attention})`);
   check(adapter.dtype === (adapter.shaderF16 ? "f16" : "f32"), `precision ${adapter.dtype}: f16 exactly when the adapter has shader-f16`);
   await shot("01-start");
 
@@ -652,7 +652,10 @@ try {
   // The same file as a mask: its luminance with the alpha ignored (PIL's convert("L")), as the
   // CLI reads masks, against the generator's reference mask.
   await page.setInputFiles("#open-mask", join(FIXTURES, "inputs/la8.png"));
-  await frames();
+  // the file is decoded asynchronously (two frames were not always enough on a busy machine);
+  // the photo came with an empty mask, so the first hole says the file has been read
+  await page.waitForFunction(() => window.nullpaint.maskHoles().some(Boolean), null, { timeout: 60_000 })
+    .catch(() => {});
   const maskCheck = await page.evaluate(async (b64) => {
     const blob = await (await fetch(`data:image/png;base64,${b64}`)).blob();
     const bmp = await createImageBitmap(blob);

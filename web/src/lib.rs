@@ -261,7 +261,9 @@ impl Engine {
     }
 
     /// The adapter: `{ name, backend, deviceType, driver, shaderF16, maxBufferSize,
-    /// maxStorageBufferBindingSize, dtype }` (`dtype`: the precision chosen at creation).
+    /// maxStorageBufferBindingSize, dtype, attention }` (`dtype`: the precision chosen at
+    /// creation; `attention`: the UNet's attention kernel on this device, `"flash"`,
+    /// `"flash (tensor cores)"` or `"chunked"`, the score matrix in query chunks).
     #[wasm_bindgen(getter)]
     pub fn adapter(&self) -> Result<JsValue, JsError> {
         let a = &self.adapter;
@@ -277,11 +279,20 @@ impl Engine {
             "maxStorageBufferBindingSize",
             a.max_storage_buffer_binding_size as f64,
         );
-        set(
-            &object,
-            "dtype",
-            dtype_name(self.device.settings().float_dtype),
-        );
+        let float_dtype = self.device.settings().float_dtype;
+        set(&object, "dtype", dtype_name(float_dtype));
+        let dtype = match float_dtype {
+            burn::tensor::FloatDType::F16 => burn::tensor::DType::F16,
+            _ => burn::tensor::DType::F32,
+        };
+        // SD's head sizes are 40-160; 64 stands for them.
+        use nullpaint::kernel::attention::{FlashKind, flash_kind};
+        let attention = match flash_kind(&self.device, dtype, 64) {
+            Some(FlashKind::Accelerated) => "flash (tensor cores)",
+            Some(FlashKind::Unit) => "flash",
+            None => "chunked",
+        };
+        set(&object, "attention", attention);
         Ok(object.into())
     }
 

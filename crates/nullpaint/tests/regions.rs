@@ -135,12 +135,6 @@ fn regions_match_python_spec_reference() {
                 .map(|v| v.as_u64().unwrap() as usize)
                 .collect();
             let options = InpaintOptions {
-                prompt: case["prompt"].as_str().unwrap().into(),
-                negative_prompt: case["negative_prompt"].as_str().unwrap().into(),
-                steps: case["steps"].as_u64().unwrap() as usize,
-                guidance_scale: case["guidance_scale"].as_f64().unwrap() as f32,
-                seed: case["seed"].as_u64().unwrap(),
-                dilation: case["dilation"].as_u64().unwrap() as usize,
                 region: case["region"].as_str().unwrap().parse().unwrap(),
                 context: case["context"].as_u64().unwrap() as usize,
                 feather: case["feather"].as_u64().unwrap() as usize,
@@ -150,7 +144,7 @@ fn regions_match_python_spec_reference() {
                     right: e[2],
                     bottom: e[3],
                 },
-                ..Default::default()
+                ..common::case_options(case)
             };
             // 1. the plan, against the Python planner
             let plan = sd.plan(&mask, &options);

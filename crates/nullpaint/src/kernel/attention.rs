@@ -15,7 +15,9 @@
 //! call falls back to Burn's score-matrix attention in query chunks of at most
 //! [`crate::models::attention::SCORE_BUDGET_BYTES`], widened to f32, with one warning.
 //!
-//! Native builds only for now (the browser keeps the chunked path). Turned off with
+//! Native and browser builds alike (the browser since 2026-11-29: the end-to-end test in headless
+//! Chromium gives the native picture with it, and `tests/webgpu_limits.rs` runs it under
+//! WebGPU's default limits natively). Turned off with
 //! `NULLPAINT_FLASH_ATTENTION=0` (then the chunked path of
 //! [`crate::models::attention::scaled_dot_product_attention`] runs everywhere).
 
@@ -60,10 +62,6 @@ pub fn flash_kind(device: &Device, dtype: DType, head_dim: usize) -> Option<Flas
     // The kernels unroll over the head dim: the VAE's single 512-wide head compiles for minutes
     // on a software adapter and runs no faster; it keeps the chunked path.
     if head_dim > MAX_FLASH_HEAD_DIM {
-        return None;
-    }
-    // The browser build keeps the chunked path until the flash kernels are proven on WebGPU.
-    if cfg!(target_arch = "wasm32") {
         return None;
     }
     if std::env::var("NULLPAINT_FLASH_ATTENTION").is_ok_and(|v| v == "0") {

@@ -188,16 +188,10 @@ pub fn check_e2e_cases(device_name: &str, device: &Device, wanted: impl Fn(&str)
         let mask = load_mask(&dir.join(format!("{name}.mask.png")));
         let want = load_rgb(&dir.join(format!("{name}.out.png")));
         let options = InpaintOptions {
-            prompt: case["prompt"].as_str().unwrap().into(),
-            negative_prompt: case["negative_prompt"].as_str().unwrap().into(),
-            steps: case["steps"].as_u64().unwrap() as usize,
-            guidance_scale: case["guidance_scale"].as_f64().unwrap() as f32,
-            seed: case["seed"].as_u64().unwrap(),
-            dilation: case["dilation"].as_u64().unwrap() as usize,
             paste_back: true,
             preview: true,
             mode: case["mode"].as_str().unwrap().parse().unwrap(),
-            ..Default::default()
+            ..case_options(case)
         };
         let mut steps_seen = 0;
         let got = sd
@@ -262,4 +256,18 @@ pub fn check_e2e_cases(device_name: &str, device: &Device, wanted: impl Fn(&str)
         }
     }
     ran
+}
+
+/// The options every reference case names (prompt, negative prompt, steps, guidance, seed,
+/// dilation), the rest at their defaults.
+pub fn case_options(case: &serde_json::Value) -> nullpaint::pipeline::InpaintOptions {
+    nullpaint::pipeline::InpaintOptions {
+        prompt: case["prompt"].as_str().unwrap().into(),
+        negative_prompt: case["negative_prompt"].as_str().unwrap().into(),
+        steps: case["steps"].as_u64().unwrap() as usize,
+        guidance_scale: case["guidance_scale"].as_f64().unwrap() as f32,
+        seed: case["seed"].as_u64().unwrap(),
+        dilation: case["dilation"].as_u64().unwrap() as usize,
+        ..Default::default()
+    }
 }
