@@ -67,6 +67,28 @@ pub(crate) fn check_at_most(
     Ok(())
 }
 
+/// Checks a UNet's or VAE's `block_out_channels` (1 to [`limits::BLOCKS`] positive entries of at
+/// most [`limits::WIDTH`]) and returns how many blocks it gives.
+pub(crate) fn check_block_out_channels(
+    file: &str,
+    channels: &[usize],
+) -> Result<usize, ConfigError> {
+    let n = channels.len();
+    if n == 0 || channels.contains(&0) {
+        return Err(ConfigError::Unsupported {
+            file: file.into(),
+            key: "block_out_channels".into(),
+            value: format!("{channels:?}"),
+            hint: "needs positive channel counts".into(),
+        });
+    }
+    check_at_most(file, "block_out_channels (entries)", n, limits::BLOCKS)?;
+    for &c in channels {
+        check_at_most(file, "block_out_channels", c, limits::WIDTH)?;
+    }
+    Ok(n)
+}
+
 /// Parses a `config.json`; `file` names it in errors. Unknown keys (`_class_name`,
 /// `architectures`, ...) are accepted, as diffusers / transformers do.
 pub fn parse_config<T: serde::de::DeserializeOwned>(
@@ -77,4 +99,37 @@ pub fn parse_config<T: serde::de::DeserializeOwned>(
         file: file.to_string(),
         message: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_out_channels_are_checked() {
+        let key = |r: Result<usize, ConfigError>| match r {
+            Err(ConfigError::Unsupported { key, .. }) => key,
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        assert_eq!(
+            check_block_out_channels("c.json", &[320, 640, 1280]).ok(),
+            Some(3)
+        );
+        assert_eq!(
+            key(check_block_out_channels("c.json", &[])),
+            "block_out_channels"
+        );
+        assert_eq!(
+            key(check_block_out_channels("c.json", &[320, 0])),
+            "block_out_channels"
+        );
+        assert_eq!(
+            key(check_block_out_channels("c.json", &[1; limits::BLOCKS + 1])),
+            "block_out_channels (entries)"
+        );
+        assert_eq!(
+            key(check_block_out_channels("c.json", &[limits::WIDTH + 1])),
+            "block_out_channels"
+        );
+    }
 }

@@ -262,23 +262,7 @@ impl UNet2DConditionConfig {
             hint: hint.into(),
         };
         check_defaults(file, &self.other, MUST_BE_DEFAULT)?;
-        let n = self.block_out_channels.len();
-        if n == 0 || self.block_out_channels.contains(&0) {
-            return Err(err(
-                "block_out_channels",
-                format!("{:?}", self.block_out_channels),
-                "needs positive channel counts",
-            ));
-        }
-        check_at_most(
-            file,
-            "block_out_channels (entries)",
-            n,
-            super::limits::BLOCKS,
-        )?;
-        for &c in &self.block_out_channels {
-            check_at_most(file, "block_out_channels", c, super::limits::WIDTH)?;
-        }
+        let n = super::check_block_out_channels(file, &self.block_out_channels)?;
         if self.down_block_types.len() != n {
             return Err(err(
                 "down_block_types",
