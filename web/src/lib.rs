@@ -281,13 +281,9 @@ impl Engine {
         );
         let float_dtype = self.device.settings().float_dtype;
         set(&object, "dtype", dtype_name(float_dtype));
-        let dtype = match float_dtype {
-            burn::tensor::FloatDType::F16 => burn::tensor::DType::F16,
-            _ => burn::tensor::DType::F32,
-        };
         // SD's head sizes are 40-160; 64 stands for them.
         use nullpaint::kernel::attention::{FlashKind, flash_kind};
-        let attention = match flash_kind(&self.device, dtype, 64) {
+        let attention = match flash_kind(&self.device, float_dtype.into(), 64) {
             Some(FlashKind::Accelerated) => "flash (tensor cores)",
             Some(FlashKind::Unit) => "flash",
             None => "chunked",

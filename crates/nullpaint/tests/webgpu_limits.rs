@@ -10,15 +10,8 @@ mod common;
 
 #[test]
 fn pipeline_matches_the_reference_under_webgpu_default_limits() {
-    let (device, info) = match nullpaint::device::wgpu_webgpu_limits() {
-        Ok(found) => found,
-        Err(e) if std::env::var("NULLPAINT_REQUIRE_WGPU").as_deref() == Ok("1") => {
-            panic!("NULLPAINT_REQUIRE_WGPU=1 but {e}")
-        }
-        Err(e) => {
-            eprintln!("WARNING: skipped: {e} (set NULLPAINT_REQUIRE_WGPU=1 to make this an error)");
-            return;
-        }
+    let Some((device, info)) = common::wgpu_or_skip(nullpaint::device::wgpu_webgpu_limits()) else {
+        return;
     };
     eprintln!("wgpu adapter with WebGPU's default limits: {info}");
     // The device got the limits asked for, not the adapter's (lavapipe's are 2 GiB / 4 GiB).

@@ -17,11 +17,20 @@ pub fn fixtures() -> PathBuf {
 /// fails the test instead of skipping the wgpu half.
 pub fn devices() -> Vec<(&'static str, Device)> {
     let mut out = vec![("cpu", nullpaint::device::cpu())];
-    match nullpaint::device::wgpu() {
-        Ok((device, info)) => {
-            eprintln!("wgpu adapter: {info}");
-            out.push(("wgpu", device));
-        }
+    if let Some((device, info)) = wgpu_or_skip(nullpaint::device::wgpu()) {
+        eprintln!("wgpu adapter: {info}");
+        out.push(("wgpu", device));
+    }
+    out
+}
+
+/// The wgpu device when there is one. Without an adapter: a panic under
+/// `NULLPAINT_REQUIRE_WGPU=1`, else a warning and `None` (the wgpu part of the test is skipped).
+pub fn wgpu_or_skip(
+    found: Result<(Device, nullpaint::device::AdapterInfo), nullpaint::device::DeviceError>,
+) -> Option<(Device, nullpaint::device::AdapterInfo)> {
+    match found {
+        Ok(found) => Some(found),
         Err(e) => {
             if std::env::var("NULLPAINT_REQUIRE_WGPU").as_deref() == Ok("1") {
                 panic!("NULLPAINT_REQUIRE_WGPU=1 but {e}");
@@ -29,9 +38,9 @@ pub fn devices() -> Vec<(&'static str, Device)> {
             eprintln!(
                 "WARNING: wgpu half of the test skipped: {e} (set NULLPAINT_REQUIRE_WGPU=1 to make this an error)"
             );
+            None
         }
     }
-    out
 }
 
 /// A reference safetensors file from `tests/fixtures/reference`.
