@@ -66,15 +66,9 @@ pub fn safetensors(data: &[u8]) {
     }
     if let Ok(reader) = SafetensorsReader::new("fuzz.safetensors", InMemory(data)) {
         read_all(&reader);
+        let _ = checkpoint::identify(&reader.shapes()).describe();
     }
     let _ = checkpoint::FileFormat::sniff(data);
-    if data.len() >= 8 {
-        let len = u64::from_le_bytes(data[..8].try_into().unwrap_or([0; 8]));
-        let end = usize::try_from(len).map_or(data.len(), |l| l.saturating_add(8).min(data.len()));
-        if let Ok(shapes) = checkpoint::header_shapes(&data[8..end]) {
-            let _ = checkpoint::identify(&shapes).describe();
-        }
-    }
     let _ = nullpaint::weights::shard_files(
         "unet/diffusion_pytorch_model.safetensors.index.json",
         data,

@@ -6,7 +6,8 @@
 use std::cell::Cell;
 use std::collections::BTreeMap;
 
-use nullpaint::pipeline::{ModelSource, PipelineError, weight_file_candidates};
+use nullpaint::manifest::weight_file_candidates;
+use nullpaint::pipeline::{ModelSource, PipelineError};
 use nullpaint::weights::{ByteRange, SafetensorsReader, TensorSource};
 use wasm_bindgen::JsCast;
 use web_sys::{Blob, FileReaderSync};

@@ -21,6 +21,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::engine::{Engine, RunError};
 use crate::io;
 use crate::options::{JobArgs, JobSettings, ModelArgs, StepCounter, job_mask};
+use crate::signals::{StopSignal, StopSignals};
 
 pub const HELP: &str = "Examples:
   nullpaint batch --manifest jobs.jsonl --out results/
@@ -429,26 +430,9 @@ fn watch_signals() {
                 return;
             };
             rt.block_on(async {
-                #[cfg(unix)]
-                let mut term =
-                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    {
-                        Ok(s) => s,
-                        Err(_) => return,
-                    };
+                let mut signals = StopSignals::new();
                 loop {
-                    #[cfg(unix)]
-                    let abandon = tokio::select! {
-                        r = tokio::signal::ctrl_c() => { if r.is_err() { return; } false }
-                        _ = term.recv() => true,
-                    };
-                    #[cfg(not(unix))]
-                    let abandon = {
-                        if tokio::signal::ctrl_c().await.is_err() {
-                            return;
-                        }
-                        false
-                    };
+                    let abandon = signals.next().await == StopSignal::Terminate;
                     let before = STOP.load(Ordering::SeqCst);
                     let now = if abandon || before >= 1 { 2 } else { 1 };
                     STOP.store(now, Ordering::SeqCst);

@@ -9,6 +9,7 @@ mod hub;
 mod io;
 mod options;
 mod serve;
+mod signals;
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;

@@ -44,6 +44,7 @@ use tokio::sync::{Notify, mpsc};
 use crate::engine::{Engine, RunError};
 use crate::io;
 use crate::options::{JobArgs, JobSettings, ModelArgs, StepCounter, job_mask, stage_name};
+use crate::signals::StopSignals;
 
 pub const HELP: &str = "Examples:
   nullpaint serve --model sd15
@@ -881,30 +882,9 @@ fn run_work(engine: &Engine, app: &App, work: &Work) -> Result<Finished, Failure
 /// Waits for Ctrl-C or SIGTERM (or a fatal fault); then drains the queue and lets the running
 /// job finish within the grace period; a second signal abandons it at once.
 async fn shutdown_signal(app: Arc<App>, grace: Duration) {
-    #[cfg(unix)]
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    let signal = async {
-        #[cfg(unix)]
-        {
-            match term.as_mut() {
-                Some(t) => {
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
-                        _ = t.recv() => {}
-                    }
-                }
-                None => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    };
+    let mut signals = StopSignals::new();
     tokio::select! {
-        _ = signal => {
+        _ = signals.next() => {
             let busy = app.lock().running.is_some();
             eprintln!(
                 "shutting down: {}",
@@ -926,7 +906,7 @@ async fn shutdown_signal(app: Arc<App>, grace: Duration) {
                     eprintln!("the shutdown grace period is over: abandoning the running job");
                 }
             }
-            _ = tokio::signal::ctrl_c() => eprintln!("abandoning the running job"),
+            _ = signals.next() => eprintln!("abandoning the running job"),
         }
         watcher.abandon_running();
     });

@@ -5,70 +5,29 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "../../../tests/support/formula_weights.rs"]
+mod formula_weights;
 
 use std::path::Path;
 use std::process::{Command, Output};
 
 use common::{fixtures, tempdir};
+use formula_weights::{inception_weight, lpips_weight, safetensors_file};
 use nullpaint::metrics::inception::FidInceptionV3;
 use nullpaint::metrics::lpips::Lpips;
 use nullpaint::weights::torch_keys;
 
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// A safetensors file of InceptionV3 weights: He-uniform convolutions, batch norms near the
-/// identity (the formula of tests/fixtures/generate_metrics.py, keyed by position here).
+/// InceptionV3 weights from tests/fixtures/generate_metrics.py's formula (He-uniform
+/// convolutions, batch norms near the identity), as a safetensors file.
 fn write_inception(path: &Path) {
-    write_formula(
-        path,
-        torch_keys(&FidInceptionV3::new(&nullpaint::device::cpu())),
-    );
+    let keys = torch_keys(&FidInceptionV3::new(&nullpaint::device::cpu()));
+    std::fs::write(path, safetensors_file(&keys, inception_weight)).unwrap();
 }
 
 /// LPIPS (AlexNet) weights of the same kind (the lin layers non-negative, as trained ones).
 fn write_lpips(path: &Path) {
-    write_formula(path, torch_keys(&Lpips::new(&nullpaint::device::cpu())));
-}
-
-fn write_formula(path: &Path, keys: Vec<(String, Vec<usize>)>) {
-    let mut header = serde_json::Map::new();
-    let mut data: Vec<u8> = Vec::new();
-    for (t, (key, shape)) in keys.iter().enumerate() {
-        let n: usize = shape.iter().product();
-        let start = data.len();
-        for k in 0..n {
-            let u = (splitmix64(((t as u64) << 32) + k as u64) >> 11) as f64 * 2f64.powi(-53) - 0.5;
-            let v = if key.ends_with("conv.weight")
-                || (key.starts_with("conv") && key.ends_with(".weight"))
-            {
-                let fan_in: usize = shape[1..].iter().product();
-                u * 2.0 * (6.0 / fan_in as f64).sqrt()
-            } else if key.ends_with("bn.weight") {
-                1.0 + 0.2 * u
-            } else if key.ends_with("bn.running_var") {
-                1.0 + 0.4 * (u + 0.5)
-            } else if key.starts_with("lin") {
-                0.1 * (u + 0.5)
-            } else {
-                0.2 * u
-            };
-            data.extend_from_slice(&(v as f32).to_le_bytes());
-        }
-        header.insert(
-            key.clone(),
-            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len()]}),
-        );
-    }
-    let header = serde_json::Value::Object(header).to_string();
-    let mut file = (header.len() as u64).to_le_bytes().to_vec();
-    file.extend_from_slice(header.as_bytes());
-    file.extend_from_slice(&data);
-    std::fs::write(path, file).unwrap();
+    let keys = torch_keys(&Lpips::new(&nullpaint::device::cpu()));
+    std::fs::write(path, safetensors_file(&keys, lpips_weight)).unwrap();
 }
 
 fn run(dir: &Path) -> Output {

@@ -157,66 +157,24 @@ pub fn identify(tensors: &BTreeMap<String, Vec<usize>>) -> CheckpointKind {
     CheckpointKind::Unknown
 }
 
-/// Parses a safetensors header (the JSON after the 8-byte length) into tensor names and shapes.
-pub fn header_shapes(header: &[u8]) -> Result<BTreeMap<String, Vec<usize>>, String> {
-    let entries: BTreeMap<String, serde_json::Value> =
-        serde_json::from_slice(header).map_err(|e| format!("the safetensors header: {e}"))?;
-    Ok(entries
-        .into_iter()
-        .filter(|(k, _)| k != "__metadata__")
-        .map(|(k, v)| {
-            let shape = v["shape"]
-                .as_array()
-                .map(|s| {
-                    s.iter()
-                        .filter_map(|d| d.as_u64().map(|d| d as usize))
-                        .collect()
-                })
-                .unwrap_or_default();
-            (k, shape)
-        })
-        .collect())
-}
-
 /// What a model file on disk is: its format and, for safetensors, its kind. Reads the first
 /// bytes and the header only.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn identify_file(path: &std::path::Path) -> std::io::Result<(FileFormat, CheckpointKind)> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
-    let mut head = [0u8; 16];
-    let n = read_up_to(&mut file, &mut head)?;
-    let format = FileFormat::sniff(&head[..n]);
+    use crate::weights::{ByteRange, FileRange, SafetensorsReader};
+    let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+    let file = FileRange::open(path)?;
+    let head = file
+        .read(0, file.size().min(16) as usize)
+        .map_err(invalid)?;
+    let format = FileFormat::sniff(&head);
     if format != FileFormat::Safetensors {
         return Ok((format, CheckpointKind::Unknown));
     }
-    let len = u64::from_le_bytes(head[..8].try_into().unwrap_or([0; 8]));
-    let mut header = head[8..n].to_vec();
-    let rest = len.saturating_sub(header.len() as u64);
-    file.take(rest).read_to_end(&mut header)?;
-    if (header.len() as u64) < len {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "the safetensors header is cut short (a partial download?)",
-        ));
-    }
-    header.truncate(len as usize);
-    let shapes = header_shapes(&header)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-    Ok((format, identify(&shapes)))
-}
-
-#[cfg(not(target_arch = "wasm32"))]
-fn read_up_to(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
-    use std::io::Read;
-    let mut n = 0;
-    while n < buf.len() {
-        match file.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
+    // The header alone, checked as the loader checks it (every tensor inside the file).
+    let reader = SafetensorsReader::new(path.display().to_string(), file)
+        .map_err(|e| invalid(e.to_string()))?;
+    Ok((format, identify(&reader.shapes())))
 }
 
 /// What a diffusers pipeline folder holds, from its `model_index.json` `_class_name`, when it is
@@ -511,14 +469,15 @@ mod tests {
             identify_file(&path).unwrap(),
             (FileFormat::Safetensors, CheckpointKind::Lora)
         );
-        // Cut inside the header: a clear error, no panic.
-        std::fs::write(&path, &bytes[..20]).unwrap();
-        assert!(
-            identify_file(&path)
-                .unwrap_err()
-                .to_string()
-                .contains("cut short")
-        );
+        // Cut inside the header, or inside the data: a clear error, no panic.
+        for cut in [20, bytes.len() - 1] {
+            std::fs::write(&path, &bytes[..cut]).unwrap();
+            let error = identify_file(&path).unwrap_err().to_string();
+            assert!(
+                error.contains("not a valid safetensors file") && error.contains("download"),
+                "{error}"
+            );
+        }
         let ckpt = dir.join("model.ckpt");
         std::fs::write(&ckpt, b"PK\x03\x04....").unwrap();
         assert_eq!(

@@ -32,6 +32,25 @@ pub const WEIGHTS: [(&str, &str); 3] = [
     ("vae", "diffusion_pytorch_model"),
 ];
 
+/// The stem of a component's weight files (`model` for the text encoder).
+pub fn weight_stem(component: &str) -> &'static str {
+    WEIGHTS
+        .iter()
+        .find(|(c, _)| *c == component)
+        .map_or("diffusion_pytorch_model", |(_, stem)| stem)
+}
+
+/// The weight files a folder may hold for a component, as a loader prefers them: the full
+/// precision file, then the fp16 variant (a download stores only the fp16 one when both exist,
+/// see [`choose_files`]). Sharded forms are these names plus `.index.json`.
+pub fn weight_file_candidates(component: &str) -> [String; 2] {
+    let stem = weight_stem(component);
+    [
+        format!("{component}/{stem}.safetensors"),
+        format!("{component}/{stem}.fp16.safetensors"),
+    ]
+}
+
 /// Why a set of files is not a model the engine reads.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ManifestError {
@@ -119,8 +138,7 @@ pub fn choose_files<S: AsRef<str>>(
         return Err(ManifestError::NoTokenizer { name: name.into() });
     }
     for (component, stem) in WEIGHTS {
-        let fp16 = format!("{component}/{stem}.fp16.safetensors");
-        let full = format!("{component}/{stem}.safetensors");
+        let [full, fp16] = weight_file_candidates(component);
         if let Some(file) = [&fp16, &full].into_iter().find(|f| has(f)) {
             files.push(file.clone());
             continue;

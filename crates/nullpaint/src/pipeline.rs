@@ -10,6 +10,7 @@ use std::ops::ControlFlow;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::kernel::{self, StepParams};
+use crate::manifest::weight_file_candidates;
 use crate::models::ConfigError;
 use crate::models::clip::{ClipTextConfig, ClipTextModel};
 use crate::models::unet_2d::{UNet2DConditionConfig, UNet2DConditionModel};
@@ -189,19 +190,6 @@ pub trait ModelSource {
     fn read(&self, path: &str) -> Result<Option<Vec<u8>>, PipelineError>;
     /// The weights of one component (`unet`, `vae`, `text_encoder`).
     fn weights(&self, component: &str) -> Result<Box<dyn TensorSource + '_>, PipelineError>;
-}
-
-/// Weight file names a diffusers folder may hold for a component, in order of preference.
-pub fn weight_file_candidates(component: &str) -> Vec<String> {
-    let stem = if component == "text_encoder" {
-        "model"
-    } else {
-        "diffusion_pytorch_model"
-    };
-    vec![
-        format!("{component}/{stem}.safetensors"),
-        format!("{component}/{stem}.fp16.safetensors"),
-    ]
 }
 
 /// A diffusers model folder on disk (native).

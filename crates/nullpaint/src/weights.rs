@@ -233,6 +233,50 @@ pub trait ByteRange {
     fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, String>;
 }
 
+/// A file on disk read by ranges (native): what needs only a safetensors file's header (the
+/// checkpoint identification) reads just that.
+#[cfg(not(target_arch = "wasm32"))]
+#[derive(Debug)]
+pub struct FileRange {
+    file: std::sync::Mutex<std::fs::File>,
+    size: u64,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl FileRange {
+    pub fn open(path: impl AsRef<std::path::Path>) -> std::io::Result<Self> {
+        let file = std::fs::File::open(path)?;
+        let size = file.metadata()?.len();
+        Ok(Self {
+            file: std::sync::Mutex::new(file),
+            size,
+        })
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl ByteRange for FileRange {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, String> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = self
+            .file
+            .lock()
+            .map_err(|_| "an earlier read panicked".to_string())?;
+        file.seek(SeekFrom::Start(offset))
+            .map_err(|e| e.to_string())?;
+        let mut bytes = Vec::with_capacity(len);
+        (&mut *file)
+            .take(len as u64)
+            .read_to_end(&mut bytes)
+            .map_err(|e| e.to_string())?;
+        Ok(bytes)
+    }
+}
+
 /// A safetensors file read tensor by tensor through a [`ByteRange`]: only the header stays in
 /// memory, each tensor's bytes are read when the loader asks for it (the browser streams a
 /// 2 GB UNet this way without ever holding it in wasm memory).
@@ -321,6 +365,14 @@ impl<R: ByteRange> SafetensorsReader<R> {
     /// The byte source.
     pub fn get_ref(&self) -> &R {
         &self.reader
+    }
+
+    /// Every tensor's name and shape, from the header.
+    pub fn shapes(&self) -> BTreeMap<String, Vec<usize>> {
+        self.index
+            .iter()
+            .map(|(key, (_, shape, _, _))| (key.clone(), shape.clone()))
+            .collect()
     }
 }
 

@@ -26,16 +26,7 @@ fn f16_device() -> Option<Device> {
     static DEVICE: OnceLock<Option<Device>> = OnceLock::new();
     DEVICE
         .get_or_init(|| {
-            let (mut device, info) = match nullpaint::device::wgpu() {
-                Ok(d) => d,
-                Err(e) if std::env::var("NULLPAINT_REQUIRE_WGPU").as_deref() == Ok("1") => {
-                    panic!("NULLPAINT_REQUIRE_WGPU=1 but {e}")
-                }
-                Err(e) => {
-                    eprintln!("WARNING: f16 tests skipped: {e}");
-                    return None;
-                }
-            };
+            let (mut device, info) = common::wgpu_or_skip(nullpaint::device::wgpu())?;
             if !info.shader_f16 {
                 eprintln!("WARNING: f16 tests skipped: {info} has no shader-f16");
                 return None;

@@ -3,16 +3,20 @@
 //! `sqrtm`) and scikit-image's PSNR / SSIM.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
+mod common;
+#[path = "../../../tests/support/formula_weights.rs"]
+mod formula_weights;
 
-use std::borrow::Cow;
+use std::path::PathBuf;
 
 use burn::tensor::Device;
 use nullpaint::metrics::frechet::{Statistics, frechet_distance};
 use nullpaint::metrics::inception::{FidInceptionV3, preprocess};
 use nullpaint::metrics::quality::{psnr_in_hole, ssim_in_hole};
 use nullpaint::pipeline::{MaskImage, RgbImage};
-use nullpaint::weights::{RawTensor, StoredDType, TensorMap, torch_keys};
+use nullpaint::weights::{SafetensorsBuffer, torch_keys};
+
+use formula_weights::{inception_weight, lpips_weight, safetensors_file, uniform};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/reference")
@@ -21,20 +25,6 @@ fn fixtures() -> PathBuf {
 fn reference() -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(fixtures().join("metrics.json")).unwrap())
         .unwrap()
-}
-
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// The generator's `uniform`: element k of `seed` in [-0.5, 0.5).
-fn uniform(seed: u64, count: usize) -> Vec<f64> {
-    (0..count as u64)
-        .map(|k| (splitmix64(k.wrapping_add(seed << 32)) >> 11) as f64 * 2f64.powi(-53) - 0.5)
-        .collect()
 }
 
 /// The generator's `features` (same operations in the same order, so the same f32 values).
@@ -152,48 +142,24 @@ fn psnr_and_ssim_in_the_hole_match_scikit_image() {
     }
 }
 
-fn fnv1a64(text: &str) -> u64 {
-    text.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01B3)
-    })
-}
-
-/// The generator's `formula_weight` for one key.
-fn formula_weight(key: &str, shape: &[usize]) -> Vec<f32> {
-    let n: usize = shape.iter().product();
-    let u = uniform(fnv1a64(key), n);
-    let f = |v: f64| v as f32;
-    if key.ends_with("conv.weight") {
-        let fan_in: usize = shape[1..].iter().product();
-        let a = 2.0 * (6.0 / fan_in as f64).sqrt();
-        u.iter().map(|v| f(v * a)).collect()
-    } else if key.ends_with("bn.weight") {
-        u.iter().map(|v| f(1.0 + 0.2 * v)).collect()
-    } else if key.ends_with("bn.running_var") {
-        u.iter().map(|v| f(1.0 + 0.4 * (v + 0.5))).collect()
-    } else {
-        u.iter().map(|v| f(0.2 * v)).collect()
-    }
+/// A model's formula weights (its keys, `weight` per key) as a safetensors buffer, and how
+/// many parameters they are.
+fn formula_source(
+    keys: Vec<(String, Vec<usize>)>,
+    weight: fn(&str, &[usize]) -> Vec<f32>,
+) -> (SafetensorsBuffer<Vec<u8>>, usize) {
+    let parameters = keys.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+    let bytes = safetensors_file(&keys, weight);
+    (
+        SafetensorsBuffer::new("formula weights", bytes).unwrap(),
+        parameters,
+    )
 }
 
 /// pytorch-fid's InceptionV3 with the generator's formula weights, on `device`.
 fn formula_inception(device: &Device) -> (FidInceptionV3, usize) {
-    let skeleton = FidInceptionV3::new(device);
-    let mut source = TensorMap::new("formula weights");
-    let mut parameters = 0;
-    for (key, shape) in torch_keys(&skeleton) {
-        let values = formula_weight(&key, &shape);
-        parameters += values.len();
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        source.insert(
-            key,
-            RawTensor {
-                dtype: StoredDType::F32,
-                shape,
-                data: Cow::Owned(bytes),
-            },
-        );
-    }
+    let (source, parameters) =
+        formula_source(torch_keys(&FidInceptionV3::new(device)), inception_weight);
     (FidInceptionV3::load(&source, device).unwrap(), parameters)
 }
 
@@ -203,14 +169,7 @@ fn formula_inception(device: &Device) -> (FidInceptionV3, usize) {
 fn inception_features_match_pytorch_fid() {
     let reference = reference();
     let inception = &reference["inception"];
-    let mut devices = vec![("cpu", nullpaint::device::cpu())];
-    match nullpaint::device::wgpu() {
-        Ok((device, _)) => devices.push(("wgpu", device)),
-        Err(e) if std::env::var("NULLPAINT_REQUIRE_WGPU").as_deref() == Ok("1") => {
-            panic!("NULLPAINT_REQUIRE_WGPU=1 but {e}")
-        }
-        Err(e) => eprintln!("WARNING: wgpu skipped: {e}"),
-    }
+    let devices = common::devices();
     for (name, device) in devices {
         let (model, parameters) = formula_inception(&device);
         assert_eq!(parameters as u64, inception["parameters"].as_u64().unwrap());
@@ -270,51 +229,14 @@ fn inception_features_match_pytorch_fid() {
     }
 }
 
-/// The generator's `lpips_formula`.
-fn lpips_formula(key: &str, shape: &[usize]) -> Vec<f32> {
-    let n: usize = shape.iter().product();
-    let u = uniform(fnv1a64(&format!("lpips.{key}")), n);
-    if key.starts_with("conv") && key.ends_with(".weight") {
-        let fan_in: usize = shape[1..].iter().product();
-        let a = 2.0 * (6.0 / fan_in as f64).sqrt();
-        u.iter().map(|v| (v * a) as f32).collect()
-    } else if key.starts_with("lin") {
-        u.iter().map(|v| (0.1 * (v + 0.5)) as f32).collect()
-    } else {
-        u.iter().map(|v| (0.2 * v) as f32).collect()
-    }
-}
-
 /// LPIPS (AlexNet, v0.1) against the lpips package with the same weights, CPU and wgpu.
 #[test]
 fn lpips_matches_the_lpips_package() {
     use nullpaint::metrics::lpips::Lpips;
     let reference = reference();
-    let mut devices = vec![("cpu", nullpaint::device::cpu())];
-    match nullpaint::device::wgpu() {
-        Ok((device, _)) => devices.push(("wgpu", device)),
-        Err(e) if std::env::var("NULLPAINT_REQUIRE_WGPU").as_deref() == Ok("1") => {
-            panic!("NULLPAINT_REQUIRE_WGPU=1 but {e}")
-        }
-        Err(e) => eprintln!("WARNING: wgpu skipped: {e}"),
-    }
+    let devices = common::devices();
     for (name, device) in devices {
-        let skeleton = Lpips::new(&device);
-        let mut source = TensorMap::new("formula weights");
-        for (key, shape) in torch_keys(&skeleton) {
-            let bytes: Vec<u8> = lpips_formula(&key, &shape)
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect();
-            source.insert(
-                key,
-                RawTensor {
-                    dtype: StoredDType::F32,
-                    shape,
-                    data: Cow::Owned(bytes),
-                },
-            );
-        }
+        let (source, _) = formula_source(torch_keys(&Lpips::new(&device)), lpips_weight);
         let model = Lpips::load(&source, &device).unwrap();
         for case in reference["lpips"].as_array().unwrap() {
             let c = case["case"].as_str().unwrap();
