@@ -358,7 +358,7 @@ fn load_component<M: burn::module::Module>(
                 tensors.name(),
                 renames.len()
             );
-            tensors = Box::new(crate::weights::RenamedSource::new(tensors, renames));
+            tensors = Box::new(crate::weights::MappedSource::renamed(tensors, renames));
         }
     }
     load_module(module, &*tensors, keys, device).map_err(|e| match e {

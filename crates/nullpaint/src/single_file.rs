@@ -11,7 +11,6 @@
 //! dropped: SD 2 conditions on the penultimate layer). No tensor is copied: renames, a view of
 //! a third of the rows, or a shape without the 1x1 of a convolution.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use crate::checkpoint::CheckpointKind;
@@ -19,7 +18,7 @@ use crate::models::unet_2d::UNet2DConditionConfig;
 use crate::models::vae::AutoencoderKLConfig;
 use crate::pipeline::{ModelSource, PipelineError};
 use crate::schedulers::PredictionType;
-use crate::weights::{RawTensor, TensorSource, WeightError};
+use crate::weights::{KeyTable, Mapped, MappedSource, TensorSource, Transform};
 
 /// The family of a single-file checkpoint, which picks the bundled configs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,27 +136,6 @@ pub fn clip_vocab_json(merges_txt: &str) -> String {
         .collect();
     serde_json::Value::Object(map).to_string()
 }
-
-/// How a diffusers tensor is made from a stored one.
-#[derive(Debug, Clone, PartialEq)]
-enum Transform {
-    Same,
-    /// A 1x1 convolution read as a linear layer: `[o, i, 1, 1]` or `[o, i, 1]` -> `[o, i]`.
-    Squeeze,
-    /// Part `part` of `of` equal blocks of rows (OpenCLIP's fused q / k / v projection).
-    Rows {
-        part: usize,
-        of: usize,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq)]
-struct Mapped {
-    stored: String,
-    transform: Transform,
-}
-
-type KeyTable = BTreeMap<String, Mapped>;
 
 /// A single-file checkpoint read as a diffusers folder.
 pub struct SingleFileSource<'a> {
@@ -364,79 +342,11 @@ impl ModelSource for SingleFileSource<'_> {
                 format!("no component {component} in a single-file checkpoint"),
             )
         })?;
-        Ok(Box::new(ConvertedView {
-            name: format!("{} ({component})", self.name),
-            inner: &*self.checkpoint,
+        Ok(Box::new(MappedSource::only(
+            format!("{} ({component})", self.name),
+            Box::new(&*self.checkpoint),
             table,
-        }))
-    }
-}
-
-/// The checkpoint's tensors under their diffusers names.
-struct ConvertedView<'s> {
-    name: String,
-    inner: &'s dyn TensorSource,
-    table: &'s KeyTable,
-}
-
-impl TensorSource for ConvertedView<'_> {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn keys(&self) -> Vec<String> {
-        self.table.keys().cloned().collect()
-    }
-
-    fn tensor(&self, key: &str) -> Result<Option<RawTensor<'_>>, WeightError> {
-        let Some(m) = self.table.get(key) else {
-            return Ok(None);
-        };
-        let Some(raw) = self.inner.tensor(&m.stored)? else {
-            return Ok(None);
-        };
-        let format_error = |message: String| WeightError::Format {
-            source_name: self.name.clone(),
-            message: format!("{} (stored as {}): {message}", key, m.stored),
-        };
-        match m.transform {
-            Transform::Same => Ok(Some(raw)),
-            Transform::Squeeze => {
-                let s = &raw.shape;
-                if s.len() < 2 || s[2..].iter().any(|&d| d != 1) {
-                    return Err(format_error(format!(
-                        "shape {s:?} is not a 1x1 convolution"
-                    )));
-                }
-                Ok(Some(RawTensor {
-                    shape: s[..2].to_vec(),
-                    ..raw
-                }))
-            }
-            Transform::Rows { part, of } => {
-                let rows = raw.shape.first().copied().unwrap_or(0);
-                if rows == 0 || rows % of != 0 || raw.data.len() % rows != 0 {
-                    return Err(format_error(format!(
-                        "shape {:?} cannot be split into {of} blocks of rows",
-                        raw.shape
-                    )));
-                }
-                let row_bytes = raw.data.len() / rows;
-                let block = rows / of * row_bytes;
-                let range = part * block..(part + 1) * block;
-                let mut shape = raw.shape.clone();
-                shape[0] = rows / of;
-                let data = match raw.data {
-                    Cow::Borrowed(b) => Cow::Borrowed(&b[range]),
-                    Cow::Owned(v) => Cow::Owned(v[range].to_vec()),
-                };
-                Ok(Some(RawTensor {
-                    dtype: raw.dtype,
-                    shape,
-                    data,
-                }))
-            }
-        }
+        )))
     }
 }
 

@@ -582,60 +582,173 @@ pub fn shard_files(name: &str, index_json: &[u8]) -> Result<Vec<String>, WeightE
     Ok(files)
 }
 
-/// A tensor source read under other key names: `renames` maps the name the model expects to the
-/// name stored (legacy checkpoints, e.g. the VAE attention's `query` for today's `to_q`).
-pub struct RenamedSource<'a> {
-    inner: Box<dyn TensorSource + 'a>,
-    /// new -> stored
-    to_stored: BTreeMap<String, String>,
-    /// stored -> new
-    to_new: BTreeMap<String, String>,
+/// How a tensor the model reads is made from a stored one.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transform {
+    /// As stored.
+    Same,
+    /// A 1x1 convolution read as a linear layer: `[o, i, 1, 1]` or `[o, i, 1]` -> `[o, i]`.
+    Squeeze,
+    /// Part `part` of `of` equal blocks of rows (OpenCLIP's fused q / k / v projection).
+    Rows { part: usize, of: usize },
 }
 
-impl fmt::Debug for RenamedSource<'_> {
+/// Where a tensor the model reads is stored, and how it is made from the stored one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mapped {
+    pub stored: String,
+    pub transform: Transform,
+}
+
+/// The name the model reads -> how it is read.
+pub type KeyTable = BTreeMap<String, Mapped>;
+
+/// A tensor source read under other key names (and layouts): a single-file checkpoint read as
+/// diffusers components ([`MappedSource::only`]: the table's keys alone), or a folder whose VAE
+/// attention still has the pre-0.14 diffusers names ([`MappedSource::renamed`]: the table's
+/// keys, and every other stored key as it is).
+pub struct MappedSource<'a> {
+    name: String,
+    inner: Box<dyn TensorSource + 'a>,
+    table: Cow<'a, KeyTable>,
+    /// Stored keys not in the table are read under their own name (else they are not there).
+    others: bool,
+}
+
+impl fmt::Debug for MappedSource<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RenamedSource")
-            .field("name", &self.inner.name())
-            .field("renames", &self.to_stored.len())
+        f.debug_struct("MappedSource")
+            .field("name", &self.name)
+            .field("mapped", &self.table.len())
+            .field("others", &self.others)
             .finish()
     }
 }
 
-impl<'a> RenamedSource<'a> {
-    /// `renames`: (stored name, name the model expects) pairs.
-    pub fn new(inner: Box<dyn TensorSource + 'a>, renames: Vec<(String, String)>) -> Self {
-        let to_new: BTreeMap<String, String> = renames.into_iter().collect();
-        let to_stored = to_new.iter().map(|(o, n)| (n.clone(), o.clone())).collect();
+impl<'a> MappedSource<'a> {
+    /// The keys of `table` alone, read from `inner`; `name` names the view in messages.
+    pub fn only(name: String, inner: Box<dyn TensorSource + 'a>, table: &'a KeyTable) -> Self {
         Self {
+            name,
             inner,
-            to_stored,
-            to_new,
+            table: Cow::Borrowed(table),
+            others: false,
+        }
+    }
+
+    /// `inner` with some keys read under other names: `renames` are (stored name, name the
+    /// model reads) pairs; a renamed key is no longer there under its stored name.
+    pub fn renamed(inner: Box<dyn TensorSource + 'a>, renames: Vec<(String, String)>) -> Self {
+        let table = renames
+            .into_iter()
+            .map(|(stored, new)| {
+                let mapped = Mapped {
+                    stored,
+                    transform: Transform::Same,
+                };
+                (new, mapped)
+            })
+            .collect();
+        Self {
+            name: inner.name().to_string(),
+            inner,
+            table: Cow::Owned(table),
+            others: true,
+        }
+    }
+
+    /// Whether `key` is a stored key the table reads under another name.
+    fn is_renamed_away(&self, key: &str) -> bool {
+        !self.table.contains_key(key) && self.table.values().any(|m| m.stored == key)
+    }
+}
+
+impl TensorSource for MappedSource<'_> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.table.keys().cloned().collect();
+        if self.others {
+            let stored: BTreeSet<&str> = self.table.values().map(|m| m.stored.as_str()).collect();
+            keys.extend(
+                self.inner
+                    .keys()
+                    .into_iter()
+                    .filter(|k| !stored.contains(k.as_str()) && !self.table.contains_key(k)),
+            );
+        }
+        keys
+    }
+
+    fn tensor(&self, key: &str) -> Result<Option<RawTensor<'_>>, WeightError> {
+        let Some(m) = self.table.get(key) else {
+            if self.others && !self.is_renamed_away(key) {
+                return self.inner.tensor(key);
+            }
+            return Ok(None);
+        };
+        let Some(raw) = self.inner.tensor(&m.stored)? else {
+            return Ok(None);
+        };
+        let format_error = |message: String| WeightError::Format {
+            source_name: self.name.clone(),
+            message: format!("{key} (stored as {}): {message}", m.stored),
+        };
+        match m.transform {
+            Transform::Same => Ok(Some(raw)),
+            Transform::Squeeze => {
+                let s = &raw.shape;
+                if s.len() < 2 || s[2..].iter().any(|&d| d != 1) {
+                    return Err(format_error(format!(
+                        "shape {s:?} is not a 1x1 convolution"
+                    )));
+                }
+                Ok(Some(RawTensor {
+                    shape: s[..2].to_vec(),
+                    ..raw
+                }))
+            }
+            Transform::Rows { part, of } => {
+                let rows = raw.shape.first().copied().unwrap_or(0);
+                if rows == 0 || rows % of != 0 || raw.data.len() % rows != 0 {
+                    return Err(format_error(format!(
+                        "shape {:?} cannot be split into {of} blocks of rows",
+                        raw.shape
+                    )));
+                }
+                let row_bytes = raw.data.len() / rows;
+                let block = rows / of * row_bytes;
+                let range = part * block..(part + 1) * block;
+                let mut shape = raw.shape.clone();
+                shape[0] = rows / of;
+                let data = match raw.data {
+                    Cow::Borrowed(b) => Cow::Borrowed(&b[range]),
+                    Cow::Owned(v) => Cow::Owned(v[range].to_vec()),
+                };
+                Ok(Some(RawTensor {
+                    dtype: raw.dtype,
+                    shape,
+                    data,
+                }))
+            }
         }
     }
 }
 
-impl TensorSource for RenamedSource<'_> {
+/// A borrowed source is a source (a view over a checkpoint that outlives it).
+impl<T: TensorSource + ?Sized> TensorSource for &T {
     fn name(&self) -> &str {
-        self.inner.name()
+        (**self).name()
     }
 
     fn keys(&self) -> Vec<String> {
-        self.inner
-            .keys()
-            .into_iter()
-            .map(|k| self.to_new.get(&k).cloned().unwrap_or(k))
-            .collect()
+        (**self).keys()
     }
 
     fn tensor(&self, key: &str) -> Result<Option<RawTensor<'_>>, WeightError> {
-        if let Some(stored) = self.to_stored.get(key) {
-            return self.inner.tensor(stored);
-        }
-        if self.to_new.contains_key(key) {
-            // Stored under this name but read under another one.
-            return Ok(None);
-        }
-        self.inner.tensor(key)
+        (**self).tensor(key)
     }
 }
 
