@@ -27,7 +27,11 @@ function request(type, body = {}, transfer = []) {
 }
 
 function startWorker() {
-  worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+  const url = new URL("./worker.js", import.meta.url);
+  // ?log=debug (or error, warn, info, trace): the engine's diagnostics in the console.
+  const log = new URLSearchParams(location.search).get("log");
+  if (log) url.searchParams.set("log", log);
+  worker = new Worker(url, { type: "module" });
   worker.onmessage = onWorkerMessage;
   worker.onerror = (e) => {
     $("fatal").textContent = `The engine failed to start: ${e.message || "the worker could not be loaded"}.`;

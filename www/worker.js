@@ -19,6 +19,10 @@ const post = (message, transfer) => self.postMessage(message, transfer || []);
 // `fault`: "out-of-memory", "lost" (the GPU failing) or "" (a bug).
 self.nullpaintPanic = (message, fault) => post({ type: "crashed", message, fault });
 
+// How much of the engine's diagnostics reach the console (read by the module when it starts):
+// the page's ?log=error|warn|info|debug|trace, passed on in this worker's URL.
+self.nullpaintLogLevel = new URLSearchParams(self.location.search).get("log") || "warn";
+
 async function refreshModels() {
   post({ type: "models", models: await store.listModels(), storage: await store.storageEstimate(), loaded: loaded && loaded.id });
 }

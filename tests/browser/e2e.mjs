@@ -240,10 +240,13 @@ function pngSize(path) {
 
 try {
   // 1. start; the adapter must be WebGPU's
-  await page.goto(`${hub.url()}/index.html?chunk=${CHUNK}`);
+  // ?log=info: the engine's Rust diagnostics (tracing events, wgpu / CubeCL log records) in the console.
+  await page.goto(`${hub.url()}/index.html?chunk=${CHUNK}&log=info`);
   const status = await waitReady();
   const adapter = await page.evaluate(() => window.nullpaint.adapter);
   check(adapter.backend === "BrowserWebGpu", `engine on WebGPU: ${status} (shader-f16: ${adapter.shaderF16}, max buffer ${adapter.maxBufferSize}, attention: ${adapter.attention})`);
+  const deviceLine = consoleLines.find((l) => l.includes("WebGPU device:"));
+  check(deviceLine && deviceLine.startsWith("[info]"), `the engine's diagnostics reach the console at ?log=info: ${deviceLine}`);
   check(adapter.dtype === (adapter.shaderF16 ? "f16" : "f32"), `precision ${adapter.dtype}: f16 exactly when the adapter has shader-f16`);
   await shot("01-start");
 

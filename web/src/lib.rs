@@ -8,6 +8,7 @@
 //! After candle's `candle-wasm-examples` (a thin bindgen layer over the library) and the
 //! wgpu/WebGPU set-up of Burn's `examples/image-classification-web`.
 
+mod console_log;
 mod source;
 
 use std::collections::BTreeMap;
@@ -31,8 +32,17 @@ use source::{BlobSource, js_error};
 /// instance. `fault`: "out-of-memory" or "lost" when the panic is the GPU failing (Burn, CubeCL
 /// and wgpu report both by panicking; the library's `GpuFault` recognises them), else "". The
 /// page then starts a new engine; the stored models stay in IndexedDB.
+///
+/// It also sends Rust's diagnostics to the console ([`console_log`]) at the level of the
+/// global `nullpaintLogLevel` (default "warn").
 #[wasm_bindgen(start)]
 pub fn start() {
+    let level = js_sys::Reflect::get(&js_sys::global(), &"nullpaintLogLevel".into())
+        .ok()
+        .and_then(|v| v.as_string())
+        .and_then(|name| console_log::parse_level(&name))
+        .unwrap_or(tracing::Level::WARN);
+    console_log::install(level);
     std::panic::set_hook(Box::new(|info| {
         let text = info
             .payload()
@@ -251,8 +261,9 @@ impl Engine {
             ))
         })?;
         // Before any tensor exists on the device: Burn fixes its dtype at the first one.
-        nullpaint::device::configure_precision(&mut device, Some(&adapter), precision)
+        let chosen = nullpaint::device::configure_precision(&mut device, Some(&adapter), precision)
             .map_err(|e| JsError::new(&e.to_string()))?;
+        tracing::info!("WebGPU device: {adapter}, precision {chosen:?}");
         Ok(Engine {
             device,
             adapter,

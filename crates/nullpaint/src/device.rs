@@ -34,11 +34,17 @@ pub struct AdapterInfo {
 
 impl std::fmt::Display for AdapterInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} ({}, {}, driver {})",
-            self.name, self.backend, self.device_type, self.driver
-        )
+        // Browsers hide the adapter's name and driver (fingerprinting).
+        let name = if self.name.is_empty() {
+            "unnamed adapter"
+        } else {
+            &self.name
+        };
+        write!(f, "{name} ({}, {}", self.backend, self.device_type)?;
+        if !self.driver.is_empty() {
+            write!(f, ", driver {}", self.driver)?;
+        }
+        f.write_str(")")
     }
 }
 
