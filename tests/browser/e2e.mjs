@@ -743,6 +743,11 @@ try {
   }
   const wasm = statSync(join(ROOT, "www/pkg/nullpaint_web_bg.wasm")).size;
   console.log(`     wasm module ${(wasm / 1e6).toFixed(1)} MB; heap after load ${(info3.heapBytes / 2 ** 20).toFixed(1)} MiB`);
+  // A shader the browser refuses is only logged by CubeCL on wasm (WebGPU reports compilation
+  // errors asynchronously) and its pipeline then runs nothing: the autotune build's matrix-vector
+  // kernels did that (`enable subgroups;` on a device without subgroups), README "GPU kernels".
+  const refused = consoleLines.filter((l) => l.includes("WGSL compilation failed") || l.includes("Invalid ShaderModule"));
+  check(refused.length === 0, `the browser compiled every kernel the engine ran (${refused.length} refused${refused.length ? ": " + refused[0].slice(0, 300) : ""})`);
   writeFileSync(join(ART, "figures.json"), JSON.stringify({ adapter, load: info, reload: info2, repaired: info3, runSeconds, stepSeconds, wasmBytes: wasm, diff, outpaint: { seconds: outpaint.seconds, diff: outDiff }, large }, null, 1));
 } catch (e) {
   await fail(e.stack || String(e));
