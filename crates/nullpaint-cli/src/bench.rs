@@ -25,13 +25,13 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use nullpaint::models::unet_2d::UNet2DConditionConfig;
 use nullpaint::models::vae::AutoencoderKLConfig;
 use nullpaint::pipeline::{
-    FolderSource, InpaintOptions, MaskImage, RegionMode, RgbImage, StableDiffusion,
+    FolderSource, InpaintOptions, MaskImage, Progress, RegionMode, RgbImage, StableDiffusion,
 };
 use serde_json::{Map, Value, json};
 
 use crate::engine::open_device;
 use crate::hub;
-use crate::options::{Backend, PrecisionArg};
+use crate::options::{Backend, PrecisionArg, stage_name};
 
 const PROMPT: &str = "a red brick wall with a wooden door";
 const NEGATIVE_PROMPT: &str = "blurry";
@@ -352,7 +352,22 @@ fn run_nullpaint(
     let image = test_image(args.size);
     let mask = test_mask(args.size);
     let t = Instant::now();
-    sd.inpaint(&image, &mask, &options, &mut |_| ControlFlow::Continue(()))?;
+    let gpu = &mut rec.gpu;
+    sd.inpaint(&image, &mask, &options, &mut |progress| {
+        // Where the inpaint is, as it goes (a software adapter at 512 px takes hours), with the
+        // pools sampled at each stage and step rather than only after the whole run.
+        let what = match progress {
+            Progress::Stage(stage) => format!("{} starts", stage_name(stage)),
+            Progress::Step { step, total, .. } => format!("step {step}/{total} done"),
+            Progress::Region { .. } => return ControlFlow::Continue(()),
+        };
+        let pools = gpu.sample(device);
+        eprintln!(
+            "    inpaint at {:9.3} s: {what}{pools}",
+            t.elapsed().as_secs_f64()
+        );
+        ControlFlow::Continue(())
+    })?;
     record(&mut rec, "inpaint_s", t);
 
     add_load_inpaint(&mut rec.seconds);
@@ -463,9 +478,9 @@ struct Recorder {
 impl Recorder {
     fn record(&mut self, key: &str, start: Instant, device: &Device) {
         let s = start.elapsed().as_secs_f64();
-        eprintln!("  {key:<22} {s:9.3} s");
+        let pools = self.gpu.sample(device);
+        eprintln!("  {key:<22} {s:9.3} s{pools}");
         self.seconds.insert(key.to_string(), json!(s));
-        self.gpu.sample(device);
     }
 }
 
@@ -529,11 +544,20 @@ struct GpuMemory {
 }
 
 impl GpuMemory {
-    fn sample(&mut self, device: &Device) {
-        if let Some(usage) = device.memory_pool_usage() {
-            let seen = usage.bytes_reserved.max(usage.bytes_in_use);
-            self.reserved_max = Some(self.reserved_max.unwrap_or(0).max(seen));
-        }
+    /// Takes the pools' state into the peak; says it (", GPU pools: ... in use, ... reserved"),
+    /// or "" on the CPU backend.
+    fn sample(&mut self, device: &Device) -> String {
+        let Some(usage) = device.memory_pool_usage() else {
+            return String::new();
+        };
+        let seen = usage.bytes_reserved.max(usage.bytes_in_use);
+        self.reserved_max = Some(self.reserved_max.unwrap_or(0).max(seen));
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        format!(
+            ", GPU pools: {:.2} GiB in use, {:.2} GiB reserved",
+            gib(usage.bytes_in_use),
+            gib(usage.bytes_reserved)
+        )
     }
 
     fn peak(&self, device: &Device) -> Option<u64> {

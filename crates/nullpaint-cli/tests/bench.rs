@@ -83,6 +83,55 @@ fn bench_json_has_every_stage_with_a_positive_time() {
         stderr.contains("whole inpaint"),
         "no table on stderr: {stderr}"
     );
+    // The whole inpaint says where it is as it goes, in order; no pools on the CPU.
+    let mut rest = &stderr[..];
+    for said in [
+        "prompt starts",
+        "image starts",
+        "denoising starts",
+        "step 1/1 done",
+        "decoding starts",
+    ] {
+        let at = rest
+            .find(said)
+            .unwrap_or_else(|| panic!("no {said:?} (in order) in {stderr}"));
+        rest = &rest[at..];
+    }
+    assert!(!stderr.contains("GPU pools"), "{stderr}");
+}
+
+/// On wgpu the pools are reported while the inpaint runs and the peak is in the JSON.
+#[test]
+fn bench_reports_gpu_pools_on_wgpu() {
+    let model = fixtures().join("tiny-sd1");
+    let out = bench(
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--size",
+            "64",
+            "--steps",
+            "1",
+            "--inpaint-only",
+            "--backend",
+            "wgpu",
+            "--json",
+        ],
+        "json-wgpu",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() && std::env::var("NULLPAINT_REQUIRE_WGPU").as_deref() != Ok("1") {
+        eprintln!("WARNING: wgpu bench skipped: {stderr}");
+        return;
+    }
+    assert!(out.status.success(), "bench failed: {stderr}");
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert!(v["gpu_memory_bytes"].as_u64().is_some_and(|b| b > 0), "{v}");
+    assert!(
+        stderr.contains("step 1/1 done, GPU pools: ") && stderr.contains(" GiB reserved"),
+        "{stderr}"
+    );
 }
 
 #[test]
