@@ -22,6 +22,22 @@ const STAGES: &[&str] = &[
     "inpaint_s",
 ];
 
+/// `bench --json` on tiny-sd1 at 64x64, one step, plus `args`.
+fn bench_tiny(args: &[&str], name: &str) -> Output {
+    let model = fixtures().join("tiny-sd1");
+    let mut all = vec![
+        "--model",
+        model.to_str().unwrap(),
+        "--size",
+        "64",
+        "--steps",
+        "1",
+        "--json",
+    ];
+    all.extend_from_slice(args);
+    bench(&all, name)
+}
+
 fn bench(args: &[&str], name: &str) -> Output {
     let dir = tempdir(name);
     Command::new(env!("CARGO_BIN_EXE_nullpaint"))
@@ -36,23 +52,7 @@ fn bench(args: &[&str], name: &str) -> Output {
 
 #[test]
 fn bench_json_has_every_stage_with_a_positive_time() {
-    let model = fixtures().join("tiny-sd1");
-    let out = bench(
-        &[
-            "--model",
-            model.to_str().unwrap(),
-            "--size",
-            "64",
-            "--steps",
-            "1",
-            "--iters",
-            "1",
-            "--backend",
-            "cpu",
-            "--json",
-        ],
-        "json",
-    );
+    let out = bench_tiny(&["--iters", "1", "--backend", "cpu"], "json");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "bench failed: {stderr}");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -103,22 +103,7 @@ fn bench_json_has_every_stage_with_a_positive_time() {
 /// On wgpu the pools are reported while the inpaint runs and the peak is in the JSON.
 #[test]
 fn bench_reports_gpu_pools_on_wgpu() {
-    let model = fixtures().join("tiny-sd1");
-    let out = bench(
-        &[
-            "--model",
-            model.to_str().unwrap(),
-            "--size",
-            "64",
-            "--steps",
-            "1",
-            "--inpaint-only",
-            "--backend",
-            "wgpu",
-            "--json",
-        ],
-        "json-wgpu",
-    );
+    let out = bench_tiny(&["--inpaint-only", "--backend", "wgpu"], "json-wgpu");
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() && std::env::var("NULLPAINT_REQUIRE_WGPU").as_deref() != Ok("1") {
         eprintln!("WARNING: wgpu bench skipped: {stderr}");
