@@ -11,8 +11,9 @@ pub enum StopSignal {
     Terminate,
 }
 
-/// Listens for Ctrl-C and SIGTERM from the moment it is made (inside a Tokio runtime) until it
-/// is dropped, so that a signal between two waits is not lost.
+/// Listens for Ctrl-C and SIGTERM (inside a Tokio runtime) until it is dropped. The SIGTERM
+/// listener is kept between waits, so a SIGTERM between two of them is not lost; Ctrl-C is
+/// awaited afresh by each [`StopSignals::next`], as before this type existed.
 pub struct StopSignals {
     #[cfg(unix)]
     terminate: Option<tokio::signal::unix::Signal>,
