@@ -11,71 +11,73 @@ pub enum StopSignal {
     Terminate,
 }
 
-/// Listens for Ctrl-C and SIGTERM (inside a Tokio runtime) until it is dropped. The SIGTERM
-/// listener is kept between waits, so a SIGTERM between two of them is not lost; Ctrl-C is
-/// awaited afresh by each [`StopSignals::next`], as before this type existed.
+/// One registered signal listener. Registered once and kept, so a signal that arrives while
+/// nobody awaits it (between two [`StopSignals::next`] calls) is delivered by the next one.
+#[cfg(unix)]
+type Listener = tokio::signal::unix::Signal;
+#[cfg(windows)]
+type Listener = tokio::signal::windows::CtrlC;
+
+/// Listens for Ctrl-C and SIGTERM (inside a Tokio runtime) until it is dropped. Both listeners
+/// are registered at [`StopSignals::new`] and kept between waits: a signal between two waits is
+/// not lost. A signal that cannot be watched is said once (a warning) and ignored.
 pub struct StopSignals {
+    interrupt: Option<Listener>,
     #[cfg(unix)]
-    terminate: Option<tokio::signal::unix::Signal>,
-    /// Ctrl-C could not be watched: `next` waits for SIGTERM alone.
-    interrupt_failed: bool,
+    terminate: Option<Listener>,
 }
 
 impl StopSignals {
     /// Starts listening. Must run inside a Tokio runtime with its I/O driver enabled.
     pub fn new() -> Self {
         #[cfg(unix)]
-        let terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => Some(signal),
-                Err(e) => {
-                    tracing::warn!("cannot watch SIGTERM ({e}): only Ctrl-C stops gracefully");
-                    None
-                }
-            };
+        let (interrupt, terminate) = {
+            use tokio::signal::unix::{SignalKind, signal};
+            (
+                watch(signal(SignalKind::interrupt()), "Ctrl-C", "SIGTERM"),
+                watch(signal(SignalKind::terminate()), "SIGTERM", "Ctrl-C"),
+            )
+        };
+        #[cfg(windows)]
+        let interrupt = watch(tokio::signal::windows::ctrl_c(), "Ctrl-C", "nothing");
         Self {
+            interrupt,
             #[cfg(unix)]
             terminate,
-            interrupt_failed: false,
         }
     }
 
-    /// The next stop signal. Never returns when neither signal can be watched.
+    /// The next stop signal. Never returns when no signal can be watched.
     pub async fn next(&mut self) -> StopSignal {
-        loop {
-            let interrupt_failed = self.interrupt_failed;
-            let interrupt = async move {
-                if interrupt_failed {
-                    std::future::pending::<()>().await;
-                }
-                tokio::signal::ctrl_c().await
-            };
-            #[cfg(unix)]
-            let terminate = {
-                let listener = self.terminate.as_mut();
-                async move {
-                    match listener {
-                        Some(signal) => signal.recv().await,
-                        None => std::future::pending().await,
-                    }
-                }
-            };
-            #[cfg(not(unix))]
-            let terminate = std::future::pending::<Option<()>>();
-            tokio::select! {
-                result = interrupt => match result {
-                    Ok(()) => return StopSignal::Interrupt,
-                    Err(e) => {
-                        tracing::warn!("cannot watch Ctrl-C ({e})");
-                        self.interrupt_failed = true;
-                    }
-                },
-                received = terminate => match received {
-                    Some(()) => return StopSignal::Terminate,
-                    // The listener is gone (the runtime shuts down): nothing more arrives.
-                    None => std::future::pending::<()>().await,
-                },
-            }
+        #[cfg(unix)]
+        let terminate = receive(self.terminate.as_mut());
+        #[cfg(not(unix))]
+        let terminate = std::future::pending::<()>();
+        tokio::select! {
+            () = receive(self.interrupt.as_mut()) => StopSignal::Interrupt,
+            () = terminate => StopSignal::Terminate,
         }
     }
+}
+
+/// The listener, or a warning naming what still stops the process gracefully.
+fn watch(listener: std::io::Result<Listener>, name: &str, other: &str) -> Option<Listener> {
+    match listener {
+        Ok(listener) => Some(listener),
+        Err(e) => {
+            tracing::warn!("cannot watch {name} ({e}): only {other} stops gracefully");
+            None
+        }
+    }
+}
+
+/// Resolves when the signal arrives; never when there is no listener or it is gone (the runtime
+/// shuts down: nothing more arrives).
+async fn receive(listener: Option<&mut Listener>) {
+    if let Some(listener) = listener
+        && listener.recv().await.is_some()
+    {
+        return;
+    }
+    std::future::pending::<()>().await
 }

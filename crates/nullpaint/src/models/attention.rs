@@ -6,8 +6,8 @@
 //!
 //! Memory: a 64x64 latent gives 4096 tokens, so one score matrix per head is 4096 x 4096. Native
 //! GPUs run flash kernels that never form it ([`crate::kernel::attention`]); elsewhere queries
-//! are processed in chunks so that no score tensor exceeds [`SCORE_BUDGET_BYTES`] (lavapipe
-//! binds at most 128 MiB per storage buffer; browsers often less).
+//! are processed in chunks so that no score tensor exceeds [`SCORE_BUDGET_BYTES`] (WebGPU binds
+//! 128 MiB per storage buffer by default; browsers often no more).
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
