@@ -7,7 +7,8 @@
 //! 1. model load (`StableDiffusion::load`);
 //! 2. tokenizer + text encoder on [negative, prompt]: first call, then steady state;
 //! 3. one guided UNet step (batch 2 at the latent size of `--size`): first call (on wgpu it
-//!    compiles the shaders; this build has no autotune), then `--iters` calls (median, min);
+//!    compiles the shaders and, with autotune, tunes the kernels), then `--iters` calls (median,
+//!    min);
 //! 4. VAE encode of a `--size` square picture (the posterior mean): first call, then steady state;
 //! 5. VAE decode of that latent: first call, then steady state;
 //! 6. the whole `StableDiffusion::inpaint` (a centred square hole of half the side, `--steps`
@@ -18,7 +19,9 @@
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -320,7 +323,10 @@ fn run_nullpaint(
     device: &Device,
     adapter: Option<&nullpaint::device::AdapterInfo>,
 ) -> Result<Run> {
-    let mut rec = Recorder::default();
+    let mut rec = Recorder {
+        seconds: Map::new(),
+        gpu: GpuMemory::start(device),
+    };
     let record = |rec: &mut Recorder, key: &str, start: Instant| rec.record(key, start, device);
 
     // 1. load
@@ -468,8 +474,7 @@ fn time_stages(
     Ok(unet_s)
 }
 
-/// Each stage's seconds, and the GPU memory sampled after it.
-#[derive(Default)]
+/// Each stage's seconds, and the GPU memory.
 struct Recorder {
     seconds: Map<String, Value>,
     gpu: GpuMemory,
@@ -530,22 +535,102 @@ fn test_mask(size: usize) -> MaskImage {
     }
 }
 
-/// GPU memory as Burn 0.22.1 reports it: `Device::memory_pool_usage` (CubeCL's
-/// `MemoryUsage` of the device's pools; `None` on the CPU backend, whose tensors are host
-/// memory, already in the peak RSS) gives the current state only, so it is sampled after each
-/// stage; `Device::memory_pool_report` adds each sliced pool's high-water mark in pages. The
-/// figure is the larger of the largest `bytes_reserved` seen and the sum of the sliced pools'
-/// peaks: a lower bound of the true peak (pools whose allocations own their page report no
-/// peak, and activations freed inside a stage are not seen); it leaves out what wgpu and the
-/// driver allocate outside the pools (`nvidia-smi`, as in tests/bench/gpu.sh, sees all).
+/// GPU memory of the device's pools (CubeCL's `MemoryUsage`; `None` on the CPU backend, whose
+/// tensors are host memory, already in the peak RSS). A thread of its own samples them every
+/// [`SAMPLE_EVERY`] while the bench runs ([`nullpaint::device::pool_bytes_now`], which leaves the
+/// fusion queue alone), so an activation freed inside a stage still counts; each stage's end is
+/// sampled too (Burn's `Device::memory_pool_usage`, after the stage's work), and
+/// `Device::memory_pool_report` adds each sliced pool's high-water mark in pages. The figure is
+/// the largest of these: the pools' peak as far as a few milliseconds' sampling sees it. It
+/// leaves out what wgpu and the driver allocate outside the pools (`nvidia-smi`, as in
+/// tests/bench/gpu.sh, sees all).
 #[derive(Default)]
 struct GpuMemory {
     reserved_max: Option<u64>,
+    sampler: Option<PoolSampler>,
+}
+
+/// How often [`PoolSampler`] reads the pools.
+const SAMPLE_EVERY: Duration = Duration::from_millis(2);
+
+/// A thread reading the pools every [`SAMPLE_EVERY`] until dropped; keeps the largest bytes in
+/// use and reserved it saw.
+struct PoolSampler {
+    stop: Arc<AtomicBool>,
+    in_use_max: Arc<AtomicU64>,
+    reserved_max: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PoolSampler {
+    /// `None` on the CPU backend (no pools), or when no thread can be made (then only the stage
+    /// ends are sampled).
+    fn start(device: &Device) -> Option<Self> {
+        nullpaint::device::pool_bytes_now(device)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let in_use_max = Arc::new(AtomicU64::new(0));
+        let reserved_max = Arc::new(AtomicU64::new(0));
+        let thread = {
+            let (stop, in_use_max, reserved_max) =
+                (stop.clone(), in_use_max.clone(), reserved_max.clone());
+            let device = device.clone();
+            std::thread::Builder::new()
+                .name("gpu-pools".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Some(now) = nullpaint::device::pool_bytes_now(&device) {
+                            in_use_max.fetch_max(now.in_use, Ordering::Relaxed);
+                            reserved_max.fetch_max(now.reserved, Ordering::Relaxed);
+                        }
+                        std::thread::sleep(SAMPLE_EVERY);
+                    }
+                })
+        };
+        match thread {
+            Ok(thread) => Some(Self {
+                stop,
+                in_use_max,
+                reserved_max,
+                thread: Some(thread),
+            }),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot sample the GPU pools as the bench runs ({e}): only after each stage"
+                );
+                None
+            }
+        }
+    }
+
+    /// The largest (in use, reserved) seen so far.
+    fn peak(&self) -> (u64, u64) {
+        (
+            self.in_use_max.load(Ordering::Relaxed),
+            self.reserved_max.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl Drop for PoolSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl GpuMemory {
-    /// Takes the pools' state into the peak; says it (", GPU pools: ... in use, ... reserved"),
-    /// or "" on the CPU backend.
+    /// Starts sampling the pools of `device` (nothing on the CPU backend).
+    fn start(device: &Device) -> Self {
+        Self {
+            reserved_max: None,
+            sampler: PoolSampler::start(device),
+        }
+    }
+
+    /// Takes the pools' state into the peak; says it (", GPU pools: ... in use, ... reserved",
+    /// and the sampled peak so far), or "" on the CPU backend.
     fn sample(&mut self, device: &Device) -> String {
         let Some(usage) = device.memory_pool_usage() else {
             return String::new();
@@ -553,8 +638,19 @@ impl GpuMemory {
         let seen = usage.bytes_reserved.max(usage.bytes_in_use);
         self.reserved_max = Some(self.reserved_max.unwrap_or(0).max(seen));
         let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        let peak = match &self.sampler {
+            Some(sampler) => {
+                let (in_use, reserved) = sampler.peak();
+                format!(
+                    " (peak so far {:.2} GiB in use, {:.2} GiB reserved)",
+                    gib(in_use.max(usage.bytes_in_use)),
+                    gib(reserved.max(seen))
+                )
+            }
+            None => String::new(),
+        };
         format!(
-            ", GPU pools: {:.2} GiB in use, {:.2} GiB reserved",
+            ", GPU pools: {:.2} GiB in use, {:.2} GiB reserved{peak}",
             gib(usage.bytes_in_use),
             gib(usage.bytes_reserved)
         )
@@ -564,10 +660,14 @@ impl GpuMemory {
         let pools: Option<u64> = device
             .memory_pool_report()
             .map(|pools| pools.iter().map(|p| p.page_size * p.pages_peak).sum());
-        match (self.reserved_max, pools) {
-            (None, None) => None,
-            (a, b) => Some(a.unwrap_or(0).max(b.unwrap_or(0))),
-        }
+        let sampled = self.sampler.as_ref().map(|s| {
+            let (in_use, reserved) = s.peak();
+            in_use.max(reserved)
+        });
+        [self.reserved_max, pools, sampled]
+            .into_iter()
+            .flatten()
+            .max()
     }
 }
 

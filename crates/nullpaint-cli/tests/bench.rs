@@ -117,6 +117,8 @@ fn bench_reports_gpu_pools_on_wgpu() {
         stderr.contains("step 1/1 done, GPU pools: ") && stderr.contains(" GiB reserved"),
         "{stderr}"
     );
+    // The sampling thread's peak is reported as the run goes.
+    assert!(stderr.contains(" GiB reserved (peak so far "), "{stderr}");
 }
 
 #[test]

@@ -130,6 +130,33 @@ pub fn cpu() -> Device {
     Device::flex()
 }
 
+/// What a GPU device's memory pools hold, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolBytes {
+    /// Held by live tensors (and their padding).
+    pub in_use: u64,
+    /// Allocated from the driver by the pools: what the device gives up.
+    pub reserved: u64,
+}
+
+/// The pools' state now, read from the CubeCL client; `None` off CubeCL devices (the CPU
+/// backend). Unlike Burn's `Device::memory_pool_usage` this does not drain the fusion queue
+/// first: another thread can sample it while work runs without changing what gets fused (it
+/// sees what the device has allocated so far, not work still only recorded).
+pub fn pool_bytes_now(device: &Device) -> Option<PoolBytes> {
+    let burn::backend::DispatchDevice::Cube(cube) = device.as_dispatch() else {
+        return None;
+    };
+    let usage = cube
+        .client()
+        .memory_report(cubecl::MemoryScope::Device)
+        .usage();
+    Some(PoolBytes {
+        in_use: usage.bytes_in_use,
+        reserved: usage.bytes_reserved,
+    })
+}
+
 #[cfg(not(target_arch = "wasm32"))]
 static WGPU: std::sync::OnceLock<Result<(Device, AdapterInfo), DeviceError>> =
     std::sync::OnceLock::new();

@@ -1,7 +1,8 @@
 //! GPU faults on a real wgpu device (lavapipe in CI): a device created with small limits runs
 //! out of memory, a destroyed device is lost. Both must come back from
 //! `nullpaint::device::catch_gpu_faults` as a `GpuFault` error with advice (the CLI prints it),
-//! never as a panic; other panics (bugs) must stay panics.
+//! never as a panic; other panics (bugs) must stay panics. Also the reading of a device's memory
+//! pools that `nullpaint bench` samples (`nullpaint::device::pool_bytes_now`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use burn::tensor::wgpu::{WgpuSetup, wgpu};
@@ -63,6 +64,28 @@ fn sum_of_ones(n: usize, device: &Device) -> f32 {
         .unwrap_or_else(|e| panic!("reading the result back: {e:?}"))
         .iter()
         .sum()
+}
+
+#[test]
+fn the_pools_reading_counts_a_live_tensor() {
+    assert_eq!(
+        nullpaint::device::pool_bytes_now(&nullpaint::device::cpu()),
+        None
+    );
+    let Some((device, _)) = device_with_limit(None) else {
+        return;
+    };
+    let before = nullpaint::device::pool_bytes_now(&device).unwrap();
+    let n = 8 << 20; // 32 MiB of f32
+    let t = Tensor::<1>::ones([n], &device);
+    let _ = (t.clone() * 2.0).sum().into_data();
+    let after = nullpaint::device::pool_bytes_now(&device).unwrap();
+    assert!(
+        after.in_use >= before.in_use + 4 * n as u64,
+        "{before:?} -> {after:?}"
+    );
+    assert!(after.reserved >= after.in_use, "{after:?}");
+    drop(t);
 }
 
 #[test]
