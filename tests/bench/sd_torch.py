@@ -16,7 +16,8 @@ reading the result back to the host (`.cpu()`), as nullpaint's do, which also wa
 
 Prints one JSON line: `seconds` (the stage names nullpaint uses), `unet_s` (each steady-state
 step), `peak_rss_bytes` (this process, `ru_maxrss`), `gpu_peak_bytes` (CUDA:
-`torch.cuda.max_memory_reserved`, which leaves out the CUDA context), versions.
+`torch.cuda.max_memory_reserved`, which leaves out the CUDA context), `gpu_allocated_bytes`
+(`torch.cuda.max_memory_allocated`: what tensors held at the peak), versions.
 
     .venv-ref/bin/python tests/bench/sd_torch.py --model ~/.cache/nullpaint/sd15-random --size 256 --steps 2
 """
@@ -219,6 +220,7 @@ def main() -> None:
         seconds["inpaint_s"] = done(t)
 
     gpu_peak = torch.cuda.max_memory_reserved(dev) if args.device == "cuda" else None
+    gpu_allocated = torch.cuda.max_memory_allocated(dev) if args.device == "cuda" else None
     print(json.dumps({
         "tool": "pytorch",
         "torch": torch.__version__,
@@ -233,6 +235,7 @@ def main() -> None:
         "unet_s": unet_s,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "gpu_peak_bytes": gpu_peak,
+        "gpu_allocated_bytes": gpu_allocated,
         "started_unix": started,
         "finished_unix": time.time(),
     }))

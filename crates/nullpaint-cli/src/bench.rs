@@ -157,7 +157,10 @@ struct Run {
     seconds: Map<String, Value>,
     unet_s: Vec<f64>,
     peak_rss_bytes: Option<u64>,
+    /// The pools' peak: reserved bytes ([`GpuMemory::peak`]).
     gpu_bytes: Option<u64>,
+    /// The largest bytes in use (held by tensors) seen ([`GpuMemory::in_use_peak`]).
+    gpu_in_use_bytes: Option<u64>,
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
@@ -254,6 +257,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         "unet_s": ours.unet_s,
         "peak_rss_bytes": ours.peak_rss_bytes,
         "gpu_memory_bytes": ours.gpu_bytes,
+        "gpu_in_use_bytes": ours.gpu_in_use_bytes,
         "started_unix": started,
         "finished_unix": finished,
         "torch": Value::Null,
@@ -378,6 +382,7 @@ fn run_nullpaint(
 
     add_load_inpaint(&mut rec.seconds);
     let gpu_bytes = rec.gpu.peak(device);
+    let gpu_in_use_bytes = rec.gpu.in_use_peak();
     drop(sd);
     // Hand the pool's pages back before PyTorch starts on the same GPU.
     device.memory_cleanup();
@@ -386,6 +391,7 @@ fn run_nullpaint(
         unet_s,
         peak_rss_bytes: peak_rss(),
         gpu_bytes,
+        gpu_in_use_bytes,
     })
 }
 
@@ -544,9 +550,9 @@ fn test_mask(size: usize) -> MaskImage {
 /// the largest of these: the pools' peak as far as a few milliseconds' sampling sees it. It
 /// leaves out what wgpu and the driver allocate outside the pools (`nvidia-smi`, as in
 /// tests/bench/gpu.sh, sees all).
-#[derive(Default)]
 struct GpuMemory {
     reserved_max: Option<u64>,
+    in_use_max: Option<u64>,
     sampler: Option<PoolSampler>,
 }
 
@@ -625,6 +631,7 @@ impl GpuMemory {
     fn start(device: &Device) -> Self {
         Self {
             reserved_max: None,
+            in_use_max: None,
             sampler: PoolSampler::start(device),
         }
     }
@@ -637,6 +644,7 @@ impl GpuMemory {
         };
         let seen = usage.bytes_reserved.max(usage.bytes_in_use);
         self.reserved_max = Some(self.reserved_max.unwrap_or(0).max(seen));
+        self.in_use_max = Some(self.in_use_max.unwrap_or(0).max(usage.bytes_in_use));
         let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
         let peak = match &self.sampler {
             Some(sampler) => {
@@ -668,6 +676,14 @@ impl GpuMemory {
             .into_iter()
             .flatten()
             .max()
+    }
+
+    /// The largest bytes in use (held by live tensors) seen, by the sampler or after a stage:
+    /// what the work needs, next to [`Self::peak`], what the pools held for it (PyTorch's
+    /// `max_memory_allocated` against `max_memory_reserved`).
+    fn in_use_peak(&self) -> Option<u64> {
+        let sampled = self.sampler.as_ref().map(|s| s.peak().0);
+        [self.in_use_max, sampled].into_iter().flatten().max()
     }
 }
 
@@ -936,6 +952,7 @@ fn ratios(ours: &Value, theirs: &Value) -> Value {
     for (ours_key, theirs_key) in [
         ("peak_rss_bytes", "peak_rss_bytes"),
         ("gpu_memory_bytes", "gpu_peak_bytes"),
+        ("gpu_in_use_bytes", "gpu_allocated_bytes"),
     ] {
         if let (Some(a), Some(b)) = (ours[ours_key].as_f64(), theirs[theirs_key].as_f64())
             && b > 0.0
@@ -1053,6 +1070,21 @@ fn print_report(args: &BenchArgs, report: &Value, theirs: Option<&Value>) -> Res
         },
         ratio(&r["gpu_memory_bytes"]),
     ]);
+    rows.push([
+        if theirs.is_some() {
+            "GPU memory in use (torch allocated)"
+        } else {
+            "GPU memory in use (tensors)"
+        }
+        .into(),
+        gib(&report["gpu_in_use_bytes"]),
+        if theirs.is_some() {
+            gib(&t["gpu_allocated_bytes"])
+        } else {
+            String::new()
+        },
+        ratio(&r["gpu_in_use_bytes"]),
+    ]);
     for row in &rows {
         let line = format!(
             "  {:<36} {:>12} {:>12} {:>7}",
@@ -1099,7 +1131,12 @@ fn markdown(args: &BenchArgs, report: &Value, theirs: Option<&Value>) -> String 
     ));
     out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     let s = |v: &Value, k: &str| v["seconds"][k].as_f64().map_or("n/a".into(), short_secs);
-    let row = |name: String, v: &Value, gpu_key: &str| {
+    // Reserved, then in use when known: "2.58 GiB (2.11 GiB in use)".
+    let gpu = |v: &Value, reserved: &str, in_use: &str| match v[in_use].as_f64() {
+        Some(_) => format!("{} ({} in use)", gib(&v[reserved]), gib(&v[in_use])),
+        None => gib(&v[reserved]),
+    };
+    let row = |name: String, v: &Value, gpu_keys: (&str, &str)| {
         format!(
             "| {name} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} | {} |\n",
             s(v, "load_s"),
@@ -1112,7 +1149,7 @@ fn markdown(args: &BenchArgs, report: &Value, theirs: Option<&Value>) -> String 
             s(v, "inpaint_s"),
             s(v, "load_inpaint_s"),
             gib(&v["peak_rss_bytes"]),
-            gib(&v[gpu_key]),
+            gpu(v, gpu_keys.0, gpu_keys.1),
         )
     };
     out.push_str(&row(
@@ -1122,7 +1159,7 @@ fn markdown(args: &BenchArgs, report: &Value, theirs: Option<&Value>) -> String 
             report["precision"].as_str().unwrap_or("?")
         ),
         report,
-        "gpu_memory_bytes",
+        ("gpu_memory_bytes", "gpu_in_use_bytes"),
     ));
     if let Some(t) = theirs {
         out.push_str(&row(
@@ -1133,7 +1170,7 @@ fn markdown(args: &BenchArgs, report: &Value, theirs: Option<&Value>) -> String 
                 t["dtype"].as_str().unwrap_or("?")
             ),
             t,
-            "gpu_peak_bytes",
+            ("gpu_peak_bytes", "gpu_allocated_bytes"),
         ));
         let r = &report["ratios"];
         let f = |k: &str| r[k].as_f64().map_or("n/a".into(), |x| format!("{x:.2}"));

@@ -78,6 +78,7 @@ fn bench_json_has_every_stage_with_a_positive_time() {
     }
     // The CPU backend has no device memory pools to report.
     assert!(v["gpu_memory_bytes"].is_null());
+    assert!(v["gpu_in_use_bytes"].is_null());
     assert!(v["torch"].is_null());
     assert!(
         stderr.contains("whole inpaint"),
@@ -113,6 +114,10 @@ fn bench_reports_gpu_pools_on_wgpu() {
     let v: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
     assert!(v["gpu_memory_bytes"].as_u64().is_some_and(|b| b > 0), "{v}");
+    // Tensors in use at the peak, at most what the pools held for them.
+    let in_use = v["gpu_in_use_bytes"].as_u64().unwrap_or(0);
+    assert!(in_use > 0, "{v}");
+    assert!(in_use <= v["gpu_memory_bytes"].as_u64().unwrap(), "{v}");
     assert!(
         stderr.contains("step 1/1 done, GPU pools: ") && stderr.contains(" GiB reserved"),
         "{stderr}"
