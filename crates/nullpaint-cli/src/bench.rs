@@ -1045,46 +1045,33 @@ fn print_report(args: &BenchArgs, report: &Value, theirs: Option<&Value>) -> Res
             ratio(&r[key]),
         ]);
     }
-    rows.push([
-        "peak RSS".into(),
-        gib(&report["peak_rss_bytes"]),
-        if theirs.is_some() {
-            gib(&t["peak_rss_bytes"])
-        } else {
-            String::new()
-        },
-        ratio(&r["peak_rss_bytes"]),
-    ]);
-    rows.push([
-        if theirs.is_some() {
-            "GPU memory (Burn pools; torch reserved)"
-        } else {
-            "GPU memory (Burn pools)"
-        }
-        .into(),
-        gib(&report["gpu_memory_bytes"]),
-        if theirs.is_some() {
-            gib(&t["gpu_peak_bytes"])
-        } else {
-            String::new()
-        },
-        ratio(&r["gpu_memory_bytes"]),
-    ]);
-    rows.push([
-        if theirs.is_some() {
-            "GPU memory in use (torch allocated)"
-        } else {
-            "GPU memory in use (tensors)"
-        }
-        .into(),
-        gib(&report["gpu_in_use_bytes"]),
-        if theirs.is_some() {
-            gib(&t["gpu_allocated_bytes"])
-        } else {
-            String::new()
-        },
-        ratio(&r["gpu_in_use_bytes"]),
-    ]);
+    // (label alone, label next to PyTorch, our key, PyTorch's key)
+    for (alone, with_torch, ours_key, theirs_key) in [
+        ("peak RSS", "peak RSS", "peak_rss_bytes", "peak_rss_bytes"),
+        (
+            "GPU memory (Burn pools)",
+            "GPU memory (Burn pools; torch reserved)",
+            "gpu_memory_bytes",
+            "gpu_peak_bytes",
+        ),
+        (
+            "GPU memory in use (tensors)",
+            "GPU memory in use (torch allocated)",
+            "gpu_in_use_bytes",
+            "gpu_allocated_bytes",
+        ),
+    ] {
+        rows.push([
+            if theirs.is_some() { with_torch } else { alone }.into(),
+            gib(&report[ours_key]),
+            if theirs.is_some() {
+                gib(&t[theirs_key])
+            } else {
+                String::new()
+            },
+            ratio(&r[ours_key]),
+        ]);
+    }
     for row in &rows {
         let line = format!(
             "  {:<36} {:>12} {:>12} {:>7}",
