@@ -362,7 +362,7 @@ fn run_nullpaint(
     let image = test_image(args.size);
     let mask = test_mask(args.size);
     let t = Instant::now();
-    let gpu = &mut rec.gpu;
+    let gpu = &rec.gpu;
     sd.inpaint(&image, &mask, &options, &mut |progress| {
         // Where the inpaint is, as it goes (a software adapter at 512 px takes hours), with the
         // pools sampled at each stage and step rather than only after the whole run.
@@ -541,7 +541,7 @@ fn test_mask(size: usize) -> MaskImage {
     }
 }
 
-/// GPU memory of the device's pools (CubeCL's `MemoryUsage`; `None` on the CPU backend, whose
+/// GPU memory of the device's pools (CubeCL's `MemoryUsage`; nothing on the CPU backend, whose
 /// tensors are host memory, already in the peak RSS). A thread of its own samples them every
 /// [`SAMPLE_EVERY`] while the bench runs ([`nullpaint::device::pool_bytes_now`], which leaves the
 /// fusion queue alone), so an activation freed inside a stage still counts; each stage's end is
@@ -551,42 +551,56 @@ fn test_mask(size: usize) -> MaskImage {
 /// leaves out what wgpu and the driver allocate outside the pools (`nvidia-smi`, as in
 /// tests/bench/gpu.sh, sees all).
 struct GpuMemory {
-    reserved_max: Option<u64>,
-    in_use_max: Option<u64>,
-    sampler: Option<PoolSampler>,
+    /// The largest bytes seen, by the sampler and the stage samples; `None` on the CPU backend.
+    peaks: Option<Arc<Peaks>>,
+    /// Stops the sampling thread when dropped.
+    _sampler: Option<PoolSampler>,
+}
+
+/// The largest bytes in use and reserved seen so far.
+#[derive(Default)]
+struct Peaks {
+    in_use: AtomicU64,
+    reserved: AtomicU64,
+}
+
+impl Peaks {
+    fn see(&self, in_use: u64, reserved: u64) {
+        self.in_use.fetch_max(in_use, Ordering::Relaxed);
+        self.reserved.fetch_max(reserved, Ordering::Relaxed);
+    }
+
+    /// (in use, reserved)
+    fn get(&self) -> (u64, u64) {
+        (
+            self.in_use.load(Ordering::Relaxed),
+            self.reserved.load(Ordering::Relaxed),
+        )
+    }
 }
 
 /// How often [`PoolSampler`] reads the pools.
 const SAMPLE_EVERY: Duration = Duration::from_millis(2);
 
-/// A thread reading the pools every [`SAMPLE_EVERY`] until dropped; keeps the largest bytes in
-/// use and reserved it saw.
+/// A thread reading the pools every [`SAMPLE_EVERY`] into [`Peaks`] until dropped.
 struct PoolSampler {
     stop: Arc<AtomicBool>,
-    in_use_max: Arc<AtomicU64>,
-    reserved_max: Arc<AtomicU64>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl PoolSampler {
-    /// `None` on the CPU backend (no pools), or when no thread can be made (then only the stage
-    /// ends are sampled).
-    fn start(device: &Device) -> Option<Self> {
-        nullpaint::device::pool_bytes_now(device)?;
+    /// `None` when no thread can be made (then only the stage ends are sampled).
+    fn start(device: &Device, peaks: Arc<Peaks>) -> Option<Self> {
         let stop = Arc::new(AtomicBool::new(false));
-        let in_use_max = Arc::new(AtomicU64::new(0));
-        let reserved_max = Arc::new(AtomicU64::new(0));
         let thread = {
-            let (stop, in_use_max, reserved_max) =
-                (stop.clone(), in_use_max.clone(), reserved_max.clone());
+            let stop = stop.clone();
             let device = device.clone();
             std::thread::Builder::new()
                 .name("gpu-pools".into())
                 .spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
                         if let Some(now) = nullpaint::device::pool_bytes_now(&device) {
-                            in_use_max.fetch_max(now.in_use, Ordering::Relaxed);
-                            reserved_max.fetch_max(now.reserved, Ordering::Relaxed);
+                            peaks.see(now.in_use, now.reserved);
                         }
                         std::thread::sleep(SAMPLE_EVERY);
                     }
@@ -595,8 +609,6 @@ impl PoolSampler {
         match thread {
             Ok(thread) => Some(Self {
                 stop,
-                in_use_max,
-                reserved_max,
                 thread: Some(thread),
             }),
             Err(e) => {
@@ -606,14 +618,6 @@ impl PoolSampler {
                 None
             }
         }
-    }
-
-    /// The largest (in use, reserved) seen so far.
-    fn peak(&self) -> (u64, u64) {
-        (
-            self.in_use_max.load(Ordering::Relaxed),
-            self.reserved_max.load(Ordering::Relaxed),
-        )
     }
 }
 
@@ -629,61 +633,52 @@ impl Drop for PoolSampler {
 impl GpuMemory {
     /// Starts sampling the pools of `device` (nothing on the CPU backend).
     fn start(device: &Device) -> Self {
+        if nullpaint::device::pool_bytes_now(device).is_none() {
+            return Self {
+                peaks: None,
+                _sampler: None,
+            };
+        }
+        let peaks = Arc::new(Peaks::default());
         Self {
-            reserved_max: None,
-            in_use_max: None,
-            sampler: PoolSampler::start(device),
+            _sampler: PoolSampler::start(device, peaks.clone()),
+            peaks: Some(peaks),
         }
     }
 
-    /// Takes the pools' state into the peak; says it (", GPU pools: ... in use, ... reserved",
-    /// and the sampled peak so far), or "" on the CPU backend.
-    fn sample(&mut self, device: &Device) -> String {
-        let Some(usage) = device.memory_pool_usage() else {
+    /// Takes the pools' state into the peaks; says it (", GPU pools: ... in use, ... reserved",
+    /// and the peak so far), or "" on the CPU backend.
+    fn sample(&self, device: &Device) -> String {
+        let (Some(peaks), Some(usage)) = (&self.peaks, device.memory_pool_usage()) else {
             return String::new();
         };
-        let seen = usage.bytes_reserved.max(usage.bytes_in_use);
-        self.reserved_max = Some(self.reserved_max.unwrap_or(0).max(seen));
-        self.in_use_max = Some(self.in_use_max.unwrap_or(0).max(usage.bytes_in_use));
+        peaks.see(usage.bytes_in_use, usage.bytes_reserved);
+        let (in_use_max, reserved_max) = peaks.get();
         let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-        let peak = match &self.sampler {
-            Some(sampler) => {
-                let (in_use, reserved) = sampler.peak();
-                format!(
-                    " (peak so far {:.2} GiB in use, {:.2} GiB reserved)",
-                    gib(in_use.max(usage.bytes_in_use)),
-                    gib(reserved.max(seen))
-                )
-            }
-            None => String::new(),
-        };
         format!(
-            ", GPU pools: {:.2} GiB in use, {:.2} GiB reserved{peak}",
+            ", GPU pools: {:.2} GiB in use, {:.2} GiB reserved (peak so far {:.2} GiB in use, {:.2} GiB reserved)",
             gib(usage.bytes_in_use),
-            gib(usage.bytes_reserved)
+            gib(usage.bytes_reserved),
+            gib(in_use_max),
+            gib(reserved_max.max(in_use_max))
         )
     }
 
+    /// The pools' peak, reserved bytes (at least the bytes in use and the sliced pools' page
+    /// high-water marks).
     fn peak(&self, device: &Device) -> Option<u64> {
-        let pools: Option<u64> = device
-            .memory_pool_report()
-            .map(|pools| pools.iter().map(|p| p.page_size * p.pages_peak).sum());
-        let sampled = self.sampler.as_ref().map(|s| {
-            let (in_use, reserved) = s.peak();
-            in_use.max(reserved)
+        let (in_use, reserved) = self.peaks.as_ref()?.get();
+        let pools: u64 = device.memory_pool_report().map_or(0, |pools| {
+            pools.iter().map(|p| p.page_size * p.pages_peak).sum()
         });
-        [self.reserved_max, pools, sampled]
-            .into_iter()
-            .flatten()
-            .max()
+        Some(in_use.max(reserved).max(pools))
     }
 
     /// The largest bytes in use (held by live tensors) seen, by the sampler or after a stage:
     /// what the work needs, next to [`Self::peak`], what the pools held for it (PyTorch's
     /// `max_memory_allocated` against `max_memory_reserved`).
     fn in_use_peak(&self) -> Option<u64> {
-        let sampled = self.sampler.as_ref().map(|s| s.peak().0);
-        [self.in_use_max, sampled].into_iter().flatten().max()
+        self.peaks.as_ref().map(|p| p.get().0)
     }
 }
 
