@@ -60,7 +60,7 @@ pub const MAX_FLASH_HEAD_DIM: usize = 160;
 /// `NULLPAINT_FLASH_ATTENTION=0`.
 pub fn flash_kind(device: &Device, dtype: DType, head_dim: usize) -> Option<FlashKind> {
     // The kernels unroll over the head dim: the VAE's single 512-wide head compiles for minutes
-    // on a software adapter and runs no faster; it keeps the chunked path.
+    // on a software adapter and runs no faster; it keeps the chunked score-matrix path.
     if head_dim > MAX_FLASH_HEAD_DIM {
         return None;
     }

@@ -9,6 +9,8 @@
 //! are processed in chunks so that no score tensor exceeds [`SCORE_BUDGET_BYTES`] (WebGPU binds
 //! 128 MiB per storage buffer by default; browsers often no more).
 
+use burn::backend::Dispatch;
+use burn::backend::ops::attention::attention_fallback;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
@@ -22,7 +24,15 @@ use super::ops;
 pub const SCORE_BUDGET_BYTES: usize = 64 << 20;
 
 /// `softmax(q k^T / sqrt(d)) v`: the flash kernels of [`crate::kernel::attention`] on GPUs,
-/// elsewhere Burn's attention chunked over queries to bound memory.
+/// elsewhere chunked over queries to bound memory.
+///
+/// The chunks run Burn's attention op on the CPU backend, and on CubeCL devices (heads wider
+/// than [`crate::kernel::attention::MAX_FLASH_HEAD_DIM`], or flash attention turned off) its
+/// score-matrix form (`attention_fallback`: matmul, softmax, matmul, the form Burn runs without
+/// autotune). Under autotune the op itself would try cubek's unit flash kernel, which unrolls
+/// over the head dim: for the VAE's single 512-wide head that is a 73 000-line WGSL shader, and
+/// lavapipe's LLVM had not finished compiling it after an hour (a 512x512 decode, f16, 64x64
+/// latent).
 ///
 /// # Shapes
 /// - `q`: `[batch, heads, q_len, head_dim]`, `k` / `v`: `[batch, heads, kv_len, head_dim]`
@@ -50,15 +60,30 @@ pub fn scaled_dot_product_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) ->
         softcap: None,
         is_causal: false,
     };
+    let score_matrix = crate::kernel::is_cube(&q.device());
+    let one = |q: Tensor<4>, k: Tensor<4>, v: Tensor<4>| {
+        if score_matrix {
+            Tensor::from_dispatch(attention_fallback::<Dispatch>(
+                q.into_dispatch(),
+                k.into_dispatch(),
+                v.into_dispatch(),
+                None,
+                None,
+                options,
+            ))
+        } else {
+            attention(q, k, v, None, None, options)
+        }
+    };
     if chunk >= q_len {
-        return attention(q, k, v, None, None, options);
+        return one(q, k, v);
     }
     let parts: Vec<Tensor<4>> = (0..q_len)
         .step_by(chunk)
         .map(|start| {
             let end = (start + chunk).min(q_len);
             let qc = q.clone().slice([0..b, 0..h, start..end]);
-            attention(qc, k.clone(), v.clone(), None, None, options)
+            one(qc, k.clone(), v.clone())
         })
         .collect();
     Tensor::cat(parts, 2)
