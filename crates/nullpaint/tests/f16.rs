@@ -122,6 +122,50 @@ fn f16_group_norm_statistics_do_not_overflow() {
     assert!(diff < 1e-2, "{diff}");
 }
 
+/// The first group norm of a 512x512 SD decode's last up block: 256 channels at 512x512 are
+/// 128 MiB in f16 (lavapipe's and browsers' largest buffer) and 256 MiB once widened for the
+/// statistics. `ops::group_norm` splits such a call into slices of whole groups; it must give
+/// the one-call result (the CPU backend's, in f32) to f16 precision, gamma / beta and SiLU
+/// included.
+#[test]
+fn f16_group_norm_wider_than_the_largest_buffer_once_widened() {
+    let Some(device) = f16_device() else { return };
+    let limit = nullpaint::kernel::max_buffer_bytes(&device).unwrap();
+    let (groups, c, h, w) = (32, 256, 512, 512);
+    let elements = c * h * w;
+    if elements as u64 * 4 <= limit {
+        eprintln!(
+            "WARNING: this device's buffers ({limit} bytes) hold the widened tensor; nothing to split"
+        );
+    }
+    let x: Vec<f32> = (0..elements)
+        .map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0 + (i / (h * w)) as f32 * 0.01)
+        .collect();
+    let gamma: Vec<f32> = (0..c).map(|i| 0.5 + (i % 7) as f32 * 0.1).collect();
+    let beta: Vec<f32> = (0..c).map(|i| (i % 5) as f32 * 0.2 - 0.4).collect();
+    let norm = |dev: &Device| {
+        let mut gn = burn::nn::GroupNormConfig::new(groups, c)
+            .with_epsilon(1e-6)
+            .init(dev);
+        let param = |v: &Vec<f32>| {
+            Some(burn::module::Param::from_tensor(Tensor::<1>::from_data(
+                TensorData::new(v.clone(), [c]),
+                dev,
+            )))
+        };
+        gn.gamma = param(&gamma);
+        gn.beta = param(&beta);
+        let x = Tensor::<4>::from_data(TensorData::new(x.clone(), [1, c, h, w]), dev);
+        nullpaint::models::ops::group_norm(&gn, x, true)
+    };
+    let want = common::values(norm(&nullpaint::device::cpu()));
+    let diff = relative(norm(&device), &want);
+    eprintln!(
+        "group norm of [1, {c}, {h}, {w}] f16 (largest buffer {limit} bytes): relative max |diff| {diff:.3e}"
+    );
+    assert!(diff < 1e-2, "{diff}");
+}
+
 #[test]
 fn f16_models_match_diffusers_within_f16_precision() {
     let Some(device) = f16_device() else { return };

@@ -58,6 +58,16 @@ pub fn is_cube(device: &Device) -> bool {
     matches!(device.as_dispatch(), DispatchDevice::Cube(_))
 }
 
+/// The largest buffer one CubeCL allocation may take on `device` (on wgpu the smaller of
+/// `maxStorageBufferBindingSize` and `maxBufferSize`: 128 MiB on lavapipe and by default in
+/// browsers); `None` off CubeCL devices.
+pub fn max_buffer_bytes(device: &Device) -> Option<u64> {
+    match device.as_dispatch() {
+        DispatchDevice::Cube(cube) => Some(cube.client().properties().memory.max_page_size),
+        _ => None,
+    }
+}
+
 /// Latent mask `M_l` (1 known, 0 hole) from the pixel mask `M_p` (1 known, 0 hole).
 ///
 /// # Shapes

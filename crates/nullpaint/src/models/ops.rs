@@ -1,9 +1,10 @@
 //! The heavy operations of the models, routed to the CPU fast paths of [`crate::cpu`] when the
 //! tensors live on the CPU backend (native builds), to Burn's modules everywhere else.
 
+use burn::module::Param;
 use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
-use burn::tensor::Tensor;
+use burn::tensor::{DType, FloatDType, Tensor};
 
 /// `conv.forward(x)`.
 ///
@@ -72,9 +73,25 @@ pub fn upsample2x_conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 
 /// `norm.forward(x)`, followed by SiLU when `silu`.
 ///
+/// On CubeCL devices this is [`group_norm_short_rows`] (see there why not Burn's), split into
+/// slices of whole groups where the widened activation would not fit one buffer
+/// ([`group_norm_parts`]); on the CPU backend `crate::cpu::group_norm`.
+///
 /// # Shapes
 /// - `x`: `[batch, channels, ...]` -> same
 pub fn group_norm<const D: usize>(norm: &GroupNorm, x: Tensor<D>, silu: bool) -> Tensor<D> {
+    let dims = x.dims();
+    let groups = norm.num_groups;
+    let well_formed = D >= 3
+        && dims[1] == norm.num_channels
+        && groups > 0
+        && dims[1].is_multiple_of(groups)
+        && norm.gamma.is_some() == norm.affine
+        && norm.beta.is_some() == norm.affine;
+    if crate::kernel::is_cube(&x.device()) && well_formed {
+        let parts = group_norm_parts(norm, &x);
+        return group_norm_in_parts(norm, x, silu, parts);
+    }
     #[cfg(not(target_arch = "wasm32"))]
     {
         crate::cpu::group_norm(norm, x, silu)
@@ -87,6 +104,124 @@ pub fn group_norm<const D: usize>(norm: &GroupNorm, x: Tensor<D>, silu: bool) ->
         } else {
             y
         }
+    }
+}
+
+/// Into how many channel slices a GPU group norm of `x` must be split (1 when one call fits).
+/// The statistics are computed in f32, so an f16 activation is read widened; where the widened
+/// tensor exceeds the device's largest buffer a fused candidate that materialises it fails
+/// ("can't allocate buffer": a 512x512 f16 decode on a 128 MiB device, where 256 channels at
+/// 512x512 are 128 MiB in f16 and 256 MiB widened). Groups are independent, so slices of whole
+/// groups give the same result exactly.
+fn group_norm_parts<const D: usize>(norm: &GroupNorm, x: &Tensor<D>) -> usize {
+    let Some(limit) = crate::kernel::max_buffer_bytes(&x.device()) else {
+        return 1;
+    };
+    let groups = norm.num_groups;
+    // The widened copy: at least 4 bytes an element, whatever the activations' width.
+    let bytes = x.shape().num_elements() as u64 * 4;
+    if bytes <= limit {
+        return 1;
+    }
+    let wanted = bytes.div_ceil(limit.max(1)) as usize;
+    // The fewest slices of whole groups each within the limit (one group per slice at most).
+    (wanted..=groups)
+        .find(|p| groups.is_multiple_of(*p))
+        .unwrap_or(groups)
+}
+
+/// [`group_norm_short_rows`] over `parts` slices of whole groups along the channels,
+/// concatenated.
+///
+/// # Shapes
+/// - `x`: `[batch, channels, ...]` -> same
+fn group_norm_in_parts<const D: usize>(
+    norm: &GroupNorm,
+    x: Tensor<D>,
+    silu: bool,
+    parts: usize,
+) -> Tensor<D> {
+    if parts <= 1 {
+        return group_norm_short_rows(norm, x, silu);
+    }
+    let width = norm.num_channels / parts;
+    let slice = |p: &Option<Param<Tensor<1>>>, start: usize| {
+        p.as_ref()
+            .map(|p| Param::from_tensor(p.val().slice(start..start + width)))
+    };
+    let outs = (0..parts)
+        .map(|i| {
+            let start = i * width;
+            let part = GroupNorm {
+                gamma: slice(&norm.gamma, start),
+                beta: slice(&norm.beta, start),
+                num_groups: norm.num_groups / parts,
+                num_channels: width,
+                epsilon: norm.epsilon,
+                affine: norm.affine,
+            };
+            group_norm_short_rows(&part, x.clone().narrow(1, start, width), silu) // [b, width, ...]
+        })
+        .collect();
+    Tensor::cat(outs, 1)
+}
+
+/// Longest row one reduction of [`group_norm_short_rows`] runs over.
+const STAT_ROW: usize = 4096;
+
+/// Burn's GroupNorm arithmetic (statistics in f32, centred variance, the affine at the
+/// activations' precision), with each group's sums taken in two levels over rows of at most
+/// [`STAT_ROW`] elements: `[b, g, k, m]` summed over `m`, then over `k`.
+///
+/// Why not Burn's `GroupNorm::forward`: its single `mean_dim` over a whole group (a million
+/// elements per group at 512x512 with 128 channels) gives wrong sums on lavapipe with Burn 0.22 /
+/// CubeCL 0.11 (fusion + autotune, every tuning level): `ones([32, 65536]).sum_dim(1)` leaves 8
+/// of the 32 rows short, `ones([32, 131072])` 24 of them at 0, `ones([262144]).sum()` is 262128,
+/// while rows of up to 32768 were right in every shape tried (1024 x 32768 included). A
+/// 256x256 VAE stage came out shifted (f32) or scaled by hundreds (f16).
+///
+/// # Shapes
+/// - `x`: `[batch, channels, ...]` -> same
+fn group_norm_short_rows<const D: usize>(norm: &GroupNorm, x: Tensor<D>, silu: bool) -> Tensor<D> {
+    let dims = x.dims();
+    let (batch, channels, groups) = (dims[0], dims[1], norm.num_groups);
+    let hidden = x.shape().num_elements() / (batch * groups).max(1);
+    // The longest row that divides the group (hidden = channels per group x spatial size, a
+    // multiple of a power of two for any SD latent or picture).
+    let row = (1..=hidden.min(STAT_ROW))
+        .rev()
+        .find(|m| hidden.is_multiple_of(*m))
+        .unwrap_or(1);
+    let dtype = x.dtype();
+    let wide = match dtype {
+        DType::F16 | DType::BF16 => FloatDType::F32,
+        _ => FloatDType::from(dtype),
+    };
+    let x = x.reshape([batch, groups, hidden / row, row]).cast(wide); // [b, g, k, m]
+    let mean = x.clone().sum_dim(3).sum_dim(2).div_scalar(hidden as f64); // [b, g, 1, 1]
+    let centred = x - mean;
+    let var = centred
+        .clone()
+        .square()
+        .sum_dim(3)
+        .sum_dim(2)
+        .div_scalar(hidden as f64); // [b, g, 1, 1]
+    let normalized = centred
+        .div(var.add_scalar(norm.epsilon).sqrt())
+        .cast(FloatDType::from(dtype))
+        .reshape(dims);
+    let mut affine = [1; D];
+    affine[1] = channels;
+    let y = match (&norm.gamma, &norm.beta) {
+        (Some(gamma), Some(beta)) => normalized
+            .mul(gamma.val().reshape(affine))
+            .add(beta.val().reshape(affine)),
+        _ => normalized,
+    };
+    if silu {
+        burn::tensor::activation::silu(y)
+    } else {
+        y
     }
 }
 

@@ -94,11 +94,12 @@ impl Largest {
         }
     }
 
-    /// An activation of `[batch, c, h, w]`. `normed`: it goes through a GroupNorm, which widens
-    /// f16 / bf16 inputs to f32 as a whole for its statistics (burn-nn 0.22 `group_norm`); the
-    /// VAE attention widens its q / k / v to f32 the same way (`models::attention`).
-    fn see(&mut self, c: usize, h: usize, w: usize, normed: bool) {
-        let bytes = if normed {
+    /// An activation of `[batch, c, h, w]`. `widened`: a whole f32 copy of it exists, as the
+    /// VAE attention's q / k / v (`models::attention` widens f16 / bf16 to f32). GroupNorm's
+    /// f32 statistics do not count: `models::ops::group_norm` splits a norm whose widened input
+    /// would exceed the device's largest buffer into slices of whole groups.
+    fn see(&mut self, c: usize, h: usize, w: usize, widened: bool) {
+        let bytes = if widened {
             self.element_bytes.max(4)
         } else {
             self.element_bytes
@@ -135,15 +136,15 @@ impl AutoencoderKLConfig {
         let mut c = boc[0];
         for (i, &out) in boc.iter().enumerate() {
             for _ in 0..self.layers_per_block {
-                l.see(c, h, w, true); // resnet input: norm1
-                l.see(out, h, w, true); // conv1 output: norm2
+                l.see(c, h, w, false); // resnet input: norm1
+                l.see(out, h, w, false); // conv1 output: norm2
                 c = out;
             }
             if i + 1 < n {
                 (h, w) = (h / 2, w / 2);
             }
         }
-        // 2. mid block (resnets, attention), conv_norm_out
+        // 2. mid block (resnets, attention: q / k / v widened), conv_norm_out
         l.see(c, h, w, true);
         l.see(2 * self.latent_channels, h, w, false);
         l.max
@@ -168,23 +169,23 @@ impl AutoencoderKLConfig {
         let mut l = Largest::new(batch, element_bytes);
         let (mut h, mut w) = (latent_height, latent_width);
         l.see(self.latent_channels, h, w, false);
-        // 1. conv_in, mid block
+        // 1. conv_in, mid block (attention: q / k / v widened)
         let mut c = boc[n - 1];
         l.see(c, h, w, true);
         // 2. up blocks, widest first (resnets, then a 2x upsampler but in the last)
         for (i, &out) in boc.iter().rev().enumerate() {
             for _ in 0..self.layers_per_block + 1 {
-                l.see(c, h, w, true);
-                l.see(out, h, w, true);
+                l.see(c, h, w, false);
+                l.see(out, h, w, false);
                 c = out;
             }
             if i + 1 < n {
                 (h, w) = (h * 2, w * 2);
-                l.see(c, h, w, true); // upsampled, then its conv's output: next norm
+                l.see(c, h, w, false); // upsampled, then its conv's output: next norm
             }
         }
         // 3. conv_norm_out, conv_out
-        l.see(c, h, w, true);
+        l.see(c, h, w, false);
         l.see(self.out_channels, h, w, false);
         l.max
     }
