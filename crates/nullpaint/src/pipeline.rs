@@ -10,6 +10,7 @@ use std::ops::ControlFlow;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::kernel::{self, StepParams};
+#[cfg(not(target_arch = "wasm32"))]
 use crate::manifest::weight_file_candidates;
 use crate::models::ConfigError;
 use crate::models::clip::{ClipTextConfig, ClipTextModel};
