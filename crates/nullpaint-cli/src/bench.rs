@@ -381,7 +381,7 @@ fn run_nullpaint(
     record(&mut rec, "inpaint_s", t);
 
     add_load_inpaint(&mut rec.seconds);
-    let gpu_bytes = rec.gpu.peak(device);
+    let gpu_bytes = rec.gpu.peak();
     let gpu_in_use_bytes = rec.gpu.in_use_peak();
     drop(sd);
     // Hand the pool's pages back before PyTorch starts on the same GPU.
@@ -545,9 +545,12 @@ fn test_mask(size: usize) -> MaskImage {
 /// tensors are host memory, already in the peak RSS). A thread of its own samples them every
 /// [`SAMPLE_EVERY`] while the bench runs ([`nullpaint::device::pool_bytes_now`], which leaves the
 /// fusion queue alone), so an activation freed inside a stage still counts; each stage's end is
-/// sampled too (Burn's `Device::memory_pool_usage`, after the stage's work), and
-/// `Device::memory_pool_report` adds each sliced pool's high-water mark in pages. The figure is
-/// the largest of these: the pools' peak as far as a few milliseconds' sampling sees it. It
+/// sampled too (Burn's `Device::memory_pool_usage`, after the stage's work). The figure is the
+/// largest of these: the pools' peak as far as a few milliseconds' sampling sees it (pages are
+/// held until their pool empties, so growth lasts long enough to be seen). Not the sum of the
+/// sliced pools' page high-water marks (`Device::memory_pool_report`), which the figure took
+/// before 2026-11-30: the pools need not peak together (at 512x512 it read 2.76 GiB where the
+/// samples peaked at 2.57 GiB), and it leaves out the small-allocation pools. It
 /// leaves out what wgpu and the driver allocate outside the pools (`nvidia-smi`, as in
 /// tests/bench/gpu.sh, sees all).
 struct GpuMemory {
@@ -664,14 +667,10 @@ impl GpuMemory {
         )
     }
 
-    /// The pools' peak, reserved bytes (at least the bytes in use and the sliced pools' page
-    /// high-water marks).
-    fn peak(&self, device: &Device) -> Option<u64> {
+    /// The pools' peak, reserved bytes (at least the bytes in use), as the samples saw it.
+    fn peak(&self) -> Option<u64> {
         let (in_use, reserved) = self.peaks.as_ref()?.get();
-        let pools: u64 = device.memory_pool_report().map_or(0, |pools| {
-            pools.iter().map(|p| p.page_size * p.pages_peak).sum()
-        });
-        Some(in_use.max(reserved).max(pools))
+        Some(in_use.max(reserved))
     }
 
     /// The largest bytes in use (held by live tensors) seen, by the sampler or after a stage:
