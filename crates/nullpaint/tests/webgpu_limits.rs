@@ -14,7 +14,7 @@ fn pipeline_matches_the_reference_under_webgpu_default_limits() {
         return;
     };
     eprintln!("wgpu adapter with WebGPU's default limits: {info}");
-    // The device got the limits asked for, not the adapter's (lavapipe's are 2 GiB / 4 GiB).
+    // The device got the limits asked for, not the adapter's (lavapipe's: 128 MiB / 2 GiB).
     assert_eq!(info.max_storage_buffer_binding_size, 128 << 20);
     assert_eq!(info.max_buffer_size, 256 << 20);
     // Two models (SD 1 guided, SD 2 v-prediction) and the padded working size.

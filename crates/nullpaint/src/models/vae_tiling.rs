@@ -20,7 +20,7 @@
 //! ([`VaeTiling::Auto`]): no tiling at all as long as the largest activation fits the device.
 //!
 //! Why tile: WebGPU binds at most `maxStorageBufferBindingSize` bytes per storage buffer (128 MiB
-//! by default, what many browsers grant; native adapters grant more: lavapipe 2 GiB); a 512x512
+//! by default, what many browsers grant, and lavapipe's too; hardware adapters grant more); a 512x512
 //! SD 1.5 decode makes a 256-channel 512x512 activation, 256 MiB in f32.
 
 use burn::tensor::{Device, FloatDType, Tensor, TensorData};
