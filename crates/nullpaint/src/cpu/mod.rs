@@ -236,14 +236,7 @@ fn conv2d_impl(
 pub fn group_norm<const D: usize>(norm: &GroupNorm, x: Tensor<D>, silu: bool) -> Tensor<D> {
     let device = x.device();
     let dims = x.dims();
-    let fallback = |x: Tensor<D>| {
-        let y = norm.forward(x);
-        if silu {
-            burn::tensor::activation::silu(y)
-        } else {
-            y
-        }
-    };
+    let fallback = |x: Tensor<D>| crate::models::ops::silu_if(norm.forward(x), silu);
     if !enabled(&device) || x.dtype() != DType::F32 || D < 2 || dims[1] != norm.num_channels {
         return fallback(x);
     }

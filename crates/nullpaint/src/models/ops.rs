@@ -98,12 +98,7 @@ pub fn group_norm<const D: usize>(norm: &GroupNorm, x: Tensor<D>, silu: bool) ->
     }
     #[cfg(target_arch = "wasm32")]
     {
-        let y = norm.forward(x);
-        if silu {
-            burn::tensor::activation::silu(y)
-        } else {
-            y
-        }
+        silu_if(norm.forward(x), silu)
     }
 }
 
@@ -218,6 +213,11 @@ fn group_norm_short_rows<const D: usize>(norm: &GroupNorm, x: Tensor<D>, silu: b
             .add(beta.val().reshape(affine)),
         _ => normalized,
     };
+    silu_if(y, silu)
+}
+
+/// `silu(y)` when `silu`, else `y`: the SiLU that follows a GroupNorm in diffusers' resnets.
+pub(crate) fn silu_if<const D: usize>(y: Tensor<D>, silu: bool) -> Tensor<D> {
     if silu {
         burn::tensor::activation::silu(y)
     } else {
