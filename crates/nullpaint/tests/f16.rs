@@ -220,7 +220,9 @@ fn f16_models_match_diffusers_within_f16_precision() {
                 &reference.f32(&format!("{name}.t{t}")),
             );
             eprintln!("f16 unet {name} t={t}: relative max |diff| {d:.3e}");
-            assert!(d < 2e-2, "unet {name} t={t}: {d}");
+            // 1.6e-3 (sd1) / 2.6e-3 (sd2) on lavapipe with convolutions summed in f32; 7.7e-3 to
+            // 8.7e-3 when Burn's direct kernel summed them in f16.
+            assert!(d < 6e-3, "unet {name} t={t}: {d}");
         }
     }
 
@@ -250,7 +252,8 @@ fn f16_models_match_diffusers_within_f16_precision() {
         &reference.f32("sd1.decoded"),
     );
     eprintln!("f16 vae sd1: relative max |diff| mean {mean:.3e}, decode {decoded:.3e}");
-    assert!(mean < 2e-2 && decoded < 2e-2, "vae {mean} {decoded}");
+    // 3.0e-3 / 4.1e-3 on lavapipe; 8.2e-3 / 1.1e-2 with convolutions summed in f16.
+    assert!(mean < 6e-3 && decoded < 6e-3, "vae {mean} {decoded}");
 }
 
 #[test]
@@ -314,5 +317,175 @@ fn f16_pipeline_stays_close_to_the_f32_reference() {
     }
     let mean = sum / holes.max(1) as f64;
     eprintln!("f16 pipeline {name}: hole max |diff| {max}/255, mean {mean:.2}/255");
-    assert!(mean < 2.0 && max <= 16, "mean {mean}, max {max}");
+    // 2/255, mean 0.23 on lavapipe; 8/255, mean 1.19 with convolutions summed in f16.
+    assert!(mean < 0.6 && max <= 4, "mean {mean}, max {max}");
+}
+
+/// Uniform noise in [-1.7, 1.7] (standard deviation ~1) from a seed, rounded to f16.
+fn f16_noise(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            let u = (s >> 11) as f32 / (1u64 << 53) as f32;
+            half::f16::from_f32((u * 3.4 - 1.7) * scale).to_f32()
+        })
+        .collect()
+}
+
+/// The convolution from its definition in f64: `x` `[b, c, h, w]` repeated `up` times nearest,
+/// zero-padded by `pad = [top, bottom, left, right]`, `weight` `[o, c, kh, kw]` at `stride`.
+fn conv_f64(
+    x: &[f32],
+    [b, c, h, w]: [usize; 4],
+    weight: &[f32],
+    [o, kh, kw]: [usize; 3],
+    bias: &[f32],
+    stride: usize,
+    [top, bottom, left, right]: [usize; 4],
+    up: usize,
+) -> (Vec<f32>, Vec<usize>) {
+    let (uh, uw) = (h * up, w * up);
+    let oh = (uh + top + bottom - kh) / stride + 1;
+    let ow = (uw + left + right - kw) / stride + 1;
+    let mut out = Vec::with_capacity(b * o * oh * ow);
+    for n in 0..b {
+        for oc in 0..o {
+            for y in 0..oh {
+                for xo in 0..ow {
+                    let mut sum = bias[oc] as f64;
+                    for ic in 0..c {
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let iy = (y * stride + ky) as isize - top as isize;
+                                let ix = (xo * stride + kx) as isize - left as isize;
+                                if iy < 0 || ix < 0 || iy >= uh as isize || ix >= uw as isize {
+                                    continue;
+                                }
+                                let (iy, ix) = (iy as usize / up, ix as usize / up);
+                                sum += x[((n * c + ic) * h + iy) * w + ix] as f64
+                                    * weight[((oc * c + ic) * kh + ky) * kw + kx] as f64;
+                            }
+                        }
+                    }
+                    out.push(sum as f32);
+                }
+            }
+        }
+    }
+    (out, vec![b, o, oh, ow])
+}
+
+/// Half-precision convolutions on the GPU sum in f32 (`models::conv_gemm`): within a few units of
+/// f16's own rounding of the output, against an f64 loop. Burn 0.22's direct kernel (what runs
+/// without tensor cores) sums in f16 and is ~12x over this bound for 4 608 products a sum
+/// (0.105 on outputs up to ~4.5, 1 % rms). The cases are every shape the models use: 3x3
+/// "same" (bias, time-embedding bias and residual), the VAE's stride-2 downsampler with its
+/// (0, 1, 0, 1) padding on an odd size, the upsampler's 2x nearest + 3x3, and a 1x1 projection;
+/// then the gathering in bands of one output row.
+#[test]
+fn f16_convolution_sums_in_f32() {
+    use burn::nn::PaddingConfig2d;
+    use burn::nn::conv::{Conv2d, Conv2dConfig};
+    use nullpaint::models::{conv_gemm, ops};
+    let Some(device) = f16_device() else { return };
+
+    let conv = |c: usize, o: usize, k: usize, stride: usize, pad: [usize; 4], seed: u64| {
+        let weight = f16_noise(o * c * k * k, seed, 1.0 / ((c * k * k) as f32).sqrt());
+        let bias = f16_noise(o, seed + 1, 0.5);
+        let mut module: Conv2d = Conv2dConfig::new([c, o], [k, k])
+            .with_stride([stride, stride])
+            .with_padding(PaddingConfig2d::Explicit(pad[0], pad[2], pad[1], pad[3]))
+            .init(&device);
+        module.weight = burn::module::Param::from_tensor(Tensor::from_data(
+            TensorData::new(weight.clone(), [o, c, k, k]),
+            &device,
+        ));
+        module.bias = Some(burn::module::Param::from_tensor(Tensor::from_data(
+            TensorData::new(bias.clone(), [o]),
+            &device,
+        )));
+        (module, weight, bias)
+    };
+    let check = |name: &str, got: Tensor<4>, want: &(Vec<f32>, Vec<usize>)| {
+        assert_eq!(got.dims().to_vec(), want.1, "{name}");
+        let diff = relative(got, want);
+        eprintln!("{name}: max |diff| / max |want| = {diff:.2e} (f16 rounding: 4.9e-4)");
+        assert!(diff < 2e-3, "{name}: {diff}");
+    };
+
+    // 3x3 "same" over 512 channels, with the time-embedding bias and the residual
+    let (b, c, h, w, o) = (2, 512, 16, 16, 32);
+    let x = f16_noise(b * c * h * w, 1, 1.0);
+    let xt = || Tensor::<4>::from_data(TensorData::new(x.clone(), [b, c, h, w]), &device);
+    let (module, weight, bias) = conv(c, o, 3, 1, [1; 4], 2);
+    let want = conv_f64(&x, [b, c, h, w], &weight, [o, 3, 3], &bias, 1, [1; 4], 1);
+    check("3x3 same", ops::conv2d(&module, xt()), &want);
+    let temb = f16_noise(b * o, 3, 1.0);
+    let residual = f16_noise(b * o * h * w, 4, 1.0);
+    let mut fused_want = want.clone();
+    for (i, v) in fused_want.0.iter_mut().enumerate() {
+        *v += temb[i / (h * w)] + residual[i];
+    }
+    let fused = ops::conv2d_fused(
+        &module,
+        xt(),
+        Some(Tensor::from_data(TensorData::new(temb, [b, o]), &device)),
+        Some(Tensor::from_data(
+            TensorData::new(residual, [b, o, h, w]),
+            &device,
+        )),
+    );
+    check("3x3 same + bias + residual", fused, &fused_want);
+    let bands = conv_gemm::conv2d(
+        xt(),
+        module.weight.val(),
+        module.bias.as_ref().map(|b| b.val()),
+        [1, 1],
+        [1; 4],
+        1,
+    );
+    check("3x3 same, one output row a band", bands, &want);
+
+    // the VAE's downsampler: stride 2, padding (0, 1, 0, 1), odd sizes
+    let (c, h, w) = (256, 17, 15);
+    let x = f16_noise(c * h * w, 5, 1.0);
+    let xt = || Tensor::<4>::from_data(TensorData::new(x.clone(), [1, c, h, w]), &device);
+    let pad = [0, 1, 0, 1];
+    let (module, weight, bias) = conv(c, o, 3, 2, pad, 6);
+    let want = conv_f64(&x, [1, c, h, w], &weight, [o, 3, 3], &bias, 2, pad, 1);
+    check("3x3 stride 2", ops::conv2d(&module, xt()), &want);
+    let bands = conv_gemm::conv2d(
+        xt(),
+        module.weight.val(),
+        module.bias.as_ref().map(|b| b.val()),
+        [2, 2],
+        pad,
+        1,
+    );
+    check("3x3 stride 2, one output row a band", bands, &want);
+
+    // the upsampler: 2x nearest, then 3x3 "same"
+    let (c, h, w) = (256, 8, 6);
+    let x = f16_noise(c * h * w, 7, 1.0);
+    let (module, weight, bias) = conv(c, o, 3, 1, [1; 4], 8);
+    let want = conv_f64(&x, [1, c, h, w], &weight, [o, 3, 3], &bias, 1, [1; 4], 2);
+    let got = ops::upsample2x_conv2d(
+        &module,
+        Tensor::from_data(TensorData::new(x, [1, c, h, w]), &device),
+    );
+    check("2x nearest + 3x3", got, &want);
+
+    // a 1x1 projection
+    let (c, h, w, o) = (640, 8, 8, 48);
+    let x = f16_noise(b * c * h * w, 9, 1.0);
+    let (module, weight, bias) = conv(c, o, 1, 1, [0; 4], 10);
+    let want = conv_f64(&x, [b, c, h, w], &weight, [o, 1, 1], &bias, 1, [0; 4], 1);
+    let got = ops::conv2d(
+        &module,
+        Tensor::from_data(TensorData::new(x, [b, c, h, w]), &device),
+    );
+    check("1x1", got, &want);
 }

@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod clip;
+pub mod conv_gemm;
 pub mod embeddings;
 pub mod ops;
 pub mod resnet;

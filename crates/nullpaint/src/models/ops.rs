@@ -1,16 +1,22 @@
 //! The heavy operations of the models, routed to the CPU fast paths of [`crate::cpu`] when the
-//! tensors live on the CPU backend (native builds), to Burn's modules everywhere else.
+//! tensors live on the CPU backend (native builds), to [`super::conv_gemm`] for half-precision
+//! convolutions on GPU devices, to Burn's modules everywhere else.
 
 use burn::module::Param;
-use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
+use burn::nn::{GroupNorm, PaddingConfig2d};
 use burn::tensor::{DType, FloatDType, Tensor};
+
+use super::conv_gemm;
 
 /// `conv.forward(x)`.
 ///
 /// # Shapes
 /// - `x`: `[batch, in, h, w]` -> `[batch, out, oh, ow]`
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    if let Some(padding) = half_gemm_padding(conv, &x) {
+        return conv_gemm_of(conv, x, padding);
+    }
     #[cfg(not(target_arch = "wasm32"))]
     {
         crate::cpu::conv2d(conv, x)
@@ -33,13 +39,7 @@ pub fn conv2d_fused(
     batch_bias: Option<Tensor<2>>,
     residual: Option<Tensor<4>>,
 ) -> Tensor<4> {
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        crate::cpu::conv2d_fused(conv, x, batch_bias, residual)
-    }
-    #[cfg(target_arch = "wasm32")]
-    {
-        let mut y = conv.forward(x);
+    let plain_adds = |mut y: Tensor<4>, batch_bias: Option<Tensor<2>>, residual| {
         if let Some(bb) = batch_bias {
             y = y + bb.unsqueeze_dims::<4>(&[2, 3]);
         }
@@ -47,6 +47,17 @@ pub fn conv2d_fused(
             y = y + r;
         }
         y
+    };
+    if let Some(padding) = half_gemm_padding(conv, &x) {
+        return plain_adds(conv_gemm_of(conv, x, padding), batch_bias, residual);
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        crate::cpu::conv2d_fused(conv, x, batch_bias, residual)
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        plain_adds(conv.forward(x), batch_bias, residual)
     }
 }
 
@@ -56,19 +67,54 @@ pub fn conv2d_fused(
 /// # Shapes
 /// - `x`: `[batch, in, h, w]` -> `[batch, out, 2h, 2w]` (for a 3x3 "same" conv)
 pub fn upsample2x_conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let upsample = |x: Tensor<4>| {
+        let [b, c, h, w] = x.dims();
+        x.reshape([b, c, h, 1, w, 1])
+            .expand([b, c, h, 2, w, 2])
+            .reshape([b, c, h * 2, w * 2])
+    };
+    if conv_gemm::applies(&x) {
+        return conv2d(conv, upsample(x));
+    }
     #[cfg(not(target_arch = "wasm32"))]
     {
         crate::cpu::upsample2x_conv2d(conv, x)
     }
     #[cfg(target_arch = "wasm32")]
     {
-        let [b, c, h, w] = x.dims();
-        let x = x
-            .reshape([b, c, h, 1, w, 1])
-            .expand([b, c, h, 2, w, 2])
-            .reshape([b, c, h * 2, w * 2]);
-        conv.forward(x)
+        conv.forward(upsample(x))
     }
+}
+
+/// `padding` as `[top, bottom, left, right]` when `conv` on `x` takes [`conv_gemm`]'s route
+/// (half-precision activations on a CubeCL device, one group, no dilation, explicit padding,
+/// shapes that fit); `None` leaves it to Burn (which also reports what does not fit).
+fn half_gemm_padding(conv: &Conv2d, x: &Tensor<4>) -> Option<[usize; 4]> {
+    if !conv_gemm::applies(x) || conv.groups != 1 || conv.dilation != [1, 1] {
+        return None;
+    }
+    let padding = match conv.padding {
+        PaddingConfig2d::Valid => [0; 4],
+        PaddingConfig2d::Explicit(top, left, bottom, right) => [top, bottom, left, right],
+        PaddingConfig2d::Same => return None,
+    };
+    let [_, c, h, w] = x.dims();
+    let [_, wc, kh, kw] = conv.weight.dims();
+    (c == wc && h + padding[0] + padding[1] >= kh && w + padding[2] + padding[3] >= kw)
+        .then_some(padding)
+}
+
+/// [`conv_gemm::conv2d`] with `conv`'s weights and stride.
+fn conv_gemm_of(conv: &Conv2d, x: Tensor<4>, padding: [usize; 4]) -> Tensor<4> {
+    let bias = conv.bias.as_ref().map(|b| b.val());
+    conv_gemm::conv2d(
+        x,
+        conv.weight.val(),
+        bias,
+        conv.stride,
+        padding,
+        conv_gemm::BAND_BYTES,
+    )
 }
 
 /// `norm.forward(x)`, followed by SiLU when `silu`.
