@@ -17,8 +17,12 @@
 use burn::tensor::ops::PadMode;
 use burn::tensor::{DType, Tensor};
 
-/// The most bytes the gathered patches of one band of output rows take.
-pub const BAND_BYTES: u64 = 32 << 20;
+/// The most bytes the gathered patches of one band of output rows take. What a band adds to a
+/// convolution's memory (~1.2x this, with its padded input rows and its output) counts at the
+/// pipeline's peak, a 512x512 decode's last up block (0.31 GiB of activations beside 1.99 GiB of
+/// f16 weights, against a 2.5 GB goal). At 16 MiB a 3x3 over 256 channels at 512x512 takes 74
+/// bands of 7 rows, the UNet's 3x3s at a 64x64 latent (batch 2) 2 or 3 bands.
+pub const BAND_BYTES: u64 = 16 << 20;
 
 /// Where [`conv2d`] applies: a CubeCL device and half-precision activations.
 pub fn applies(x: &Tensor<4>) -> bool {

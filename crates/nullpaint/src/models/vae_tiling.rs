@@ -118,8 +118,9 @@ impl AutoencoderKLConfig {
     /// Counted: tensors the model holds (block inputs and outputs, resnet hidden states, norm
     /// temporaries, upsampled maps). Not counted: the attention score matrix, which
     /// `models::attention` chunks to its own bound (`SCORE_BUDGET_BYTES`), and backend scratch
-    /// buffers (the CPU backend's im2col and asymmetric-padding copies; without `autotune` the
-    /// wgpu backend runs the direct convolution, which has none).
+    /// buffers (the CPU backend's im2col and asymmetric-padding copies; on GPUs f32 runs Burn's
+    /// convolution, without tensor cores its direct kernel, which has none, and f16
+    /// `models::conv_gemm`, whose bands are at most `conv_gemm::BAND_BYTES`).
     pub fn largest_encode_activation(
         &self,
         batch: usize,
