@@ -496,6 +496,9 @@ impl StableDiffusion {
             device,
         )?;
 
+        // The upload blocks' pages (the weights are in the persistent pool: `weights`).
+        device.memory_cleanup();
+
         let vae_factor = vae_config.downscale_factor();
         // `sample_size` may be one side or [height, width]: the smaller bounds the region.
         let sample_size = unet_config
@@ -847,7 +850,8 @@ impl StableDiffusion {
             } else {
                 (crop, crop_mask)
             };
-            // 2. the method on it
+            // 2. the method on it; then its pages go back (also after an error or a cancel), so
+            //    that between pictures the device holds the weights alone
             let raw = self
                 .run_pass(
                     run_image,
@@ -857,7 +861,10 @@ impl StableDiffusion {
                     &scheduler,
                     progress,
                 )
-                .await?;
+                .await;
+            let released = release_pages(&self.device).await;
+            let raw = raw?;
+            released?;
             // 3. back to the region's size, blended into the canvas
             let result = if region.is_scaled() {
                 regions::resize(&raw, rect.width, rect.height, Filter::Lanczos3)
@@ -940,6 +947,9 @@ impl StableDiffusion {
             // No projection: M_l = 0 makes z0_hat = z0, a plain DDIM step.
             Tensor::<2>::zeros([lh, lw], device)
         };
+        // The encode's pages go back: each stage's activations get pages sized to themselves,
+        // not to the largest stage before them (GPU memory: BENCHMARKS.md).
+        release_pages(device).await?;
 
         // 3. DDIM (with the projection at every step in projection / both modes); the
         //    initial noise is the generator's first draw, as in diffusers
@@ -1004,8 +1014,9 @@ impl StableDiffusion {
             )?;
         }
 
-        // 4. decode, to bytes, crop
+        // 4. decode (the denoising's pages given back first), to bytes, crop
         report(Progress::Stage(Stage::Decoding), progress)?;
+        release_pages(device).await?;
         let decoded = self
             .vae
             .decode_with(z / sf, self.vae_tiling)
@@ -1042,6 +1053,18 @@ fn report(
 }
 
 /// Reads a tensor back from its device as f32 values.
+/// Gives a GPU device's free pool pages back to the driver (CubeCL's explicit cleanup) once
+/// everything recorded so far has run, tensors dropped included: a read orders after them (the
+/// fusion queue drains in order). CubeCL's pools otherwise keep every page a stage carved, sized to
+/// the largest allocation so far, until the process ends. Nothing to do on the CPU backend.
+async fn release_pages(device: &Device) -> Result<(), PipelineError> {
+    if kernel::is_cube(device) {
+        read_f32(Tensor::<1>::zeros([1], device), "a sync point").await?;
+        device.memory_cleanup();
+    }
+    Ok(())
+}
+
 async fn read_f32<const D: usize>(
     tensor: Tensor<D>,
     what: &str,

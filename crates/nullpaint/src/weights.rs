@@ -1084,9 +1084,15 @@ impl Loader<'_> {
         let rows = raw.shape.first().copied().unwrap_or(1);
         let row_elements = raw.numel() / rows.max(1);
         let row_bytes_on_device = row_elements * element;
+        // The weights themselves go to the device's persistent pool (CubeCL: exact-fit slices
+        // outside the pools that activations' pages are carved from), so that the activations'
+        // pages are sized to the activations alone and the weights reserve what they hold.
+        let device = self.device;
         if rows < 2 || raw.numel().saturating_mul(element) <= self.block_bytes || row_elements == 0
         {
-            return Ok(Tensor::from_data(convert(raw)?, self.device));
+            return Ok(device.memory_persistent_allocations(convert(raw)?, |data| {
+                Tensor::from_data(data, device)
+            }));
         }
         let stored_row_bytes = raw.data.len() / rows;
         let rows_per_block = (self.block_bytes / row_bytes_on_device).max(1);
@@ -1100,9 +1106,10 @@ impl Loader<'_> {
                 shape,
                 data: Cow::Borrowed(&raw.data[start * stored_row_bytes..end * stored_row_bytes]),
             };
-            parts.push(Tensor::<D>::from_data(convert(&part)?, self.device));
+            parts.push(Tensor::<D>::from_data(convert(&part)?, device));
         }
-        Ok(Tensor::cat(parts, 0))
+        // The blocks are temporaries (ordinary pools); only the joined tensor is persistent.
+        Ok(device.memory_persistent_allocations(parts, |parts| Tensor::cat(parts, 0)))
     }
 
     fn load<const D: usize>(&mut self, expected: Vec<usize>) -> Option<Tensor<D>> {
