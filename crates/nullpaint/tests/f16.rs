@@ -9,6 +9,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "../../../tests/support/formula_weights.rs"]
+mod formula_weights;
 
 use std::ops::ControlFlow;
 use std::sync::OnceLock;
@@ -321,17 +323,12 @@ fn f16_pipeline_stays_close_to_the_f32_reference() {
     assert!(mean < 0.6 && max <= 4, "mean {mean}, max {max}");
 }
 
-/// Uniform noise in [-1.7, 1.7] (standard deviation ~1) from a seed, rounded to f16.
+/// Uniform noise in [-1.7, 1.7) (standard deviation ~1) times `scale` from a seed, rounded to
+/// f16.
 fn f16_noise(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            let u = (s >> 11) as f32 / (1u64 << 53) as f32;
-            half::f16::from_f32((u * 3.4 - 1.7) * scale).to_f32()
-        })
+    formula_weights::uniform(seed, n)
+        .into_iter()
+        .map(|u| half::f16::from_f64(u * 3.4 * scale as f64).to_f32())
         .collect()
 }
 

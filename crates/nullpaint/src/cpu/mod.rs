@@ -28,8 +28,8 @@ pub mod winograd;
 use std::sync::OnceLock;
 
 use burn::backend::{BackendTensor, DispatchDevice, DispatchTensorKind};
+use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
-use burn::nn::{GroupNorm, PaddingConfig2d};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use rayon::prelude::*;
 
@@ -135,17 +135,6 @@ pub fn upsample2x_conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     conv2d_impl(conv, x, None, None, 2)
 }
 
-/// `x` repeated `up` times nearest along height and width.
-fn upsample_nearest(x: Tensor<4>, up: usize) -> Tensor<4> {
-    if up == 1 {
-        return x;
-    }
-    let [b, c, h, w] = x.dims();
-    x.reshape([b, c, h, 1, w, 1])
-        .expand([b, c, h, up, w, up])
-        .reshape([b, c, h * up, w * up])
-}
-
 fn conv2d_impl(
     conv: &Conv2d,
     x: Tensor<4>,
@@ -153,22 +142,16 @@ fn conv2d_impl(
     residual: Option<Tensor<4>>,
     upsample: usize,
 ) -> Tensor<4> {
+    use crate::models::ops::{add_biases, explicit_padding, upsample_nearest};
     let plain = |x: Tensor<4>, batch_bias: Option<Tensor<2>>, residual: Option<Tensor<4>>| {
-        let mut y = conv.forward(upsample_nearest(x, upsample));
-        if let Some(bb) = batch_bias {
-            y = y + bb.unsqueeze_dims::<4>(&[2, 3]);
-        }
-        if let Some(r) = residual {
-            y = y + r;
-        }
-        y
+        add_biases(
+            conv.forward(upsample_nearest(x, upsample)),
+            batch_bias,
+            residual,
+        )
     };
     let device = x.device();
-    let padding = match conv.padding {
-        PaddingConfig2d::Valid => Some([0; 4]),
-        PaddingConfig2d::Explicit(top, left, bottom, right) => Some([top, bottom, left, right]),
-        PaddingConfig2d::Same => None,
-    };
+    let padding = explicit_padding(&conv.padding);
     let [batch, in_channels, height, width] = x.dims();
     let [out_channels, w_in, kh, kw] = conv.weight.dims();
     let (Some(padding), true) = (

@@ -39,17 +39,8 @@ pub fn conv2d_fused(
     batch_bias: Option<Tensor<2>>,
     residual: Option<Tensor<4>>,
 ) -> Tensor<4> {
-    let plain_adds = |mut y: Tensor<4>, batch_bias: Option<Tensor<2>>, residual| {
-        if let Some(bb) = batch_bias {
-            y = y + bb.unsqueeze_dims::<4>(&[2, 3]);
-        }
-        if let Some(r) = residual {
-            y = y + r;
-        }
-        y
-    };
     if let Some(padding) = half_gemm_padding(conv, &x) {
-        return plain_adds(conv_gemm_of(conv, x, padding), batch_bias, residual);
+        return add_biases(conv_gemm_of(conv, x, padding), batch_bias, residual);
     }
     #[cfg(not(target_arch = "wasm32"))]
     {
@@ -57,8 +48,26 @@ pub fn conv2d_fused(
     }
     #[cfg(target_arch = "wasm32")]
     {
-        plain_adds(conv.forward(x), batch_bias, residual)
+        add_biases(conv.forward(x), batch_bias, residual)
     }
+}
+
+/// `y + batch_bias[:, :, None, None] + residual`, as separate adds.
+///
+/// # Shapes
+/// - `y`: `[batch, out, h, w]`, `batch_bias`: `[batch, out]`, `residual`: like `y`
+pub(crate) fn add_biases(
+    mut y: Tensor<4>,
+    batch_bias: Option<Tensor<2>>,
+    residual: Option<Tensor<4>>,
+) -> Tensor<4> {
+    if let Some(bb) = batch_bias {
+        y = y + bb.unsqueeze_dims::<4>(&[2, 3]);
+    }
+    if let Some(r) = residual {
+        y = y + r;
+    }
+    y
 }
 
 /// `conv.forward(x` repeated 2x nearest`)` (`Upsample2D`): the CPU backend reads `x` in
@@ -67,14 +76,8 @@ pub fn conv2d_fused(
 /// # Shapes
 /// - `x`: `[batch, in, h, w]` -> `[batch, out, 2h, 2w]` (for a 3x3 "same" conv)
 pub fn upsample2x_conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    let upsample = |x: Tensor<4>| {
-        let [b, c, h, w] = x.dims();
-        x.reshape([b, c, h, 1, w, 1])
-            .expand([b, c, h, 2, w, 2])
-            .reshape([b, c, h * 2, w * 2])
-    };
     if conv_gemm::applies(&x) {
-        return conv2d(conv, upsample(x));
+        return conv2d(conv, upsample_nearest(x, 2));
     }
     #[cfg(not(target_arch = "wasm32"))]
     {
@@ -82,7 +85,30 @@ pub fn upsample2x_conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     }
     #[cfg(target_arch = "wasm32")]
     {
-        conv.forward(upsample(x))
+        conv.forward(upsample_nearest(x, 2))
+    }
+}
+
+/// `x` repeated `up` times nearest along height and width.
+///
+/// # Shapes
+/// - `x`: `[b, c, h, w]` -> `[b, c, h * up, w * up]`
+pub(crate) fn upsample_nearest(x: Tensor<4>, up: usize) -> Tensor<4> {
+    if up == 1 {
+        return x;
+    }
+    let [b, c, h, w] = x.dims();
+    x.reshape([b, c, h, 1, w, 1])
+        .expand([b, c, h, up, w, up])
+        .reshape([b, c, h * up, w * up])
+}
+
+/// Burn's padding as `[top, bottom, left, right]`; `None` for `Same` (left to Burn).
+pub(crate) fn explicit_padding(padding: &PaddingConfig2d) -> Option<[usize; 4]> {
+    match *padding {
+        PaddingConfig2d::Valid => Some([0; 4]),
+        PaddingConfig2d::Explicit(top, left, bottom, right) => Some([top, bottom, left, right]),
+        PaddingConfig2d::Same => None,
     }
 }
 
@@ -93,11 +119,7 @@ fn half_gemm_padding(conv: &Conv2d, x: &Tensor<4>) -> Option<[usize; 4]> {
     if !conv_gemm::applies(x) || conv.groups != 1 || conv.dilation != [1, 1] {
         return None;
     }
-    let padding = match conv.padding {
-        PaddingConfig2d::Valid => [0; 4],
-        PaddingConfig2d::Explicit(top, left, bottom, right) => [top, bottom, left, right],
-        PaddingConfig2d::Same => return None,
-    };
+    let padding = explicit_padding(&conv.padding)?;
     let [_, c, h, w] = x.dims();
     let [_, wc, kh, kw] = conv.weight.dims();
     (c == wc && h + padding[0] + padding[1] >= kh && w + padding[2] + padding[3] >= kw)
