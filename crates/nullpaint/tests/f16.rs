@@ -380,8 +380,9 @@ fn conv_f64(
 /// without tensor cores) sums in f16 and is ~12x over this bound for 4 608 products a sum
 /// (0.105 on outputs up to ~4.5, 1 % rms). The cases are every shape the models use: 3x3
 /// "same" (bias, time-embedding bias and residual), the VAE's stride-2 downsampler with its
-/// (0, 1, 0, 1) padding on an odd size, the upsampler's 2x nearest + 3x3, and a 1x1 projection;
-/// then the gathering in bands of one output row.
+/// (0, 1, 0, 1) padding on an odd size, the upsampler's 2x nearest + 3x3, a resnet's GroupNorm +
+/// SiLU + 3x3, and a 1x1 projection; then the gathering in bands of one output row (which also
+/// makes the upsampled and the normalised inputs band by band).
 #[test]
 fn f16_convolution_sums_in_f32() {
     use burn::nn::PaddingConfig2d;
@@ -437,7 +438,7 @@ fn f16_convolution_sums_in_f32() {
     );
     check("3x3 same + bias + residual", fused, &fused_want);
     let bands = conv_gemm::conv2d(
-        xt(),
+        &xt(),
         module.weight.val(),
         module.bias.as_ref().map(|b| b.val()),
         [1, 1],
@@ -455,7 +456,7 @@ fn f16_convolution_sums_in_f32() {
     let want = conv_f64(&x, [1, c, h, w], &weight, [o, 3, 3], &bias, 2, pad, 1);
     check("3x3 stride 2", ops::conv2d(&module, xt()), &want);
     let bands = conv_gemm::conv2d(
-        xt(),
+        &xt(),
         module.weight.val(),
         module.bias.as_ref().map(|b| b.val()),
         [2, 2],
@@ -469,11 +470,81 @@ fn f16_convolution_sums_in_f32() {
     let x = f16_noise(c * h * w, 7, 1.0);
     let (module, weight, bias) = conv(c, o, 3, 1, [1; 4], 8);
     let want = conv_f64(&x, [1, c, h, w], &weight, [o, 3, 3], &bias, 1, [1; 4], 2);
-    let got = ops::upsample2x_conv2d(
-        &module,
-        Tensor::from_data(TensorData::new(x, [1, c, h, w]), &device),
+    let xt = || Tensor::<4>::from_data(TensorData::new(x.clone(), [1, c, h, w]), &device);
+    check(
+        "2x nearest + 3x3",
+        ops::upsample2x_conv2d(&module, xt()),
+        &want,
     );
-    check("2x nearest + 3x3", got, &want);
+    let bands = conv_gemm::conv2d(
+        &ops::Upsampled2x(xt()),
+        module.weight.val(),
+        module.bias.as_ref().map(|b| b.val()),
+        [1, 1],
+        [1; 4],
+        1,
+    );
+    check("2x nearest + 3x3, one output row a band", bands, &want);
+
+    // GroupNorm + SiLU + 3x3 "same" (a resnet's stage), the normalised input made band by band
+    let (b, c, h, w, groups) = (2, 64, 11, 9, 32);
+    let x = f16_noise(b * c * h * w, 11, 2.0);
+    let xt = || Tensor::<4>::from_data(TensorData::new(x.clone(), [b, c, h, w]), &device);
+    let (module, weight, bias) = conv(c, o, 3, 1, [1; 4], 12);
+    let mut norm = burn::nn::GroupNormConfig::new(groups, c).init(&device);
+    let (gamma, beta) = (f16_noise(c, 13, 1.0), f16_noise(c, 14, 0.5));
+    norm.gamma = Some(burn::module::Param::from_tensor(Tensor::from_data(
+        TensorData::new(gamma.clone(), [c]),
+        &device,
+    )));
+    norm.beta = Some(burn::module::Param::from_tensor(Tensor::from_data(
+        TensorData::new(beta.clone(), [c]),
+        &device,
+    )));
+    // The definition in f64, its output rounded to f16 as the engine stores it.
+    let per_group = c / groups * h * w;
+    let mut normed = vec![0f32; x.len()];
+    for (g, (xs, ys)) in x
+        .chunks(per_group)
+        .zip(normed.chunks_mut(per_group))
+        .enumerate()
+    {
+        let mean = xs.iter().map(|&v| v as f64).sum::<f64>() / per_group as f64;
+        let var = xs.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / per_group as f64;
+        for (i, (&v, y)) in xs.iter().zip(ys.iter_mut()).enumerate() {
+            let ch = (g % groups) * (c / groups) + i / (h * w);
+            let a = (v as f64 - mean) / (var + 1e-5).sqrt() * gamma[ch] as f64 + beta[ch] as f64;
+            *y = half::f16::from_f64(a / (1.0 + (-a).exp())).to_f32();
+        }
+    }
+    let want = conv_f64(
+        &normed,
+        [b, c, h, w],
+        &weight,
+        [o, 3, 3],
+        &bias,
+        1,
+        [1; 4],
+        1,
+    );
+    check(
+        "GroupNorm + SiLU + 3x3",
+        ops::norm_conv2d(&norm, true, &module, xt(), None, None),
+        &want,
+    );
+    let bands = conv_gemm::conv2d(
+        &ops::Normalized::new(&norm, true, xt()),
+        module.weight.val(),
+        module.bias.as_ref().map(|b| b.val()),
+        [1, 1],
+        [1; 4],
+        1,
+    );
+    check(
+        "GroupNorm + SiLU + 3x3, one output row a band",
+        bands,
+        &want,
+    );
 
     // a 1x1 projection
     let (c, h, w, o) = (640, 8, 8, 48);
@@ -485,4 +556,68 @@ fn f16_convolution_sums_in_f32() {
         Tensor::from_data(TensorData::new(x, [b, c, h, w]), &device),
     );
     check("1x1", got, &want);
+}
+
+/// Activations held in pieces of rows (`conv_gemm::RowPieces`, the VAE decoder's way through its
+/// largest stage): a convolution's output made in pieces is the whole output cut, and a VAE
+/// resnet (GroupNorm statistics over all pieces, `conv1` reading across piece borders, the 1x1
+/// shortcut piece by piece) gives what it gives on the whole input.
+#[test]
+fn f16_activations_in_pieces_match_whole_ones() {
+    use nullpaint::models::conv_gemm::{self, RowPieces};
+    use nullpaint::models::resnet::ResnetBlock2DConfig;
+    let Some(device) = f16_device() else { return };
+    let (b, c, h, w, o) = (1, 64, 12, 10, 32);
+    let x = f16_noise(b * c * h * w, 21, 2.0);
+    let xt = || Tensor::<4>::from_data(TensorData::new(x.clone(), [b, c, h, w]), &device);
+    let data = |t: Tensor<4>| {
+        let dims = t.dims().to_vec();
+        let values = t
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap();
+        (values, dims)
+    };
+
+    // a 3x3 "same" convolution, its output in pieces of 2 rows (one band a row)
+    let weight = Tensor::<4>::from_data(
+        TensorData::new(f16_noise(o * c * 9, 22, 0.05), [o, c, 3, 3]),
+        &device,
+    );
+    let bias = Tensor::<1>::from_data(TensorData::new(f16_noise(o, 23, 0.5), [o]), &device);
+    let whole = data(conv_gemm::conv2d(
+        &xt(),
+        weight.clone(),
+        Some(bias.clone()),
+        [1, 1],
+        [1; 4],
+        conv_gemm::BAND_BYTES,
+    ));
+    let row = (b * o * w * 2) as u64;
+    let pieces = conv_gemm::conv2d_in_pieces(&xt(), weight, Some(bias), [1, 1], [1; 4], 1, 2 * row);
+    assert_eq!(pieces.len(), h / 2);
+    let diff = relative(pieces.join(), &whole);
+    eprintln!("3x3 in pieces of 2 rows: max |diff| / max |want| = {diff:.2e}");
+    assert!(diff < 1e-3, "{diff}");
+
+    // a VAE resnet with a shortcut (64 -> 32 channels) on pieces of 5, 4 and 3 rows
+    let resnet = ResnetBlock2DConfig {
+        in_channels: c,
+        out_channels: o,
+        temb_channels: None,
+        groups: 32,
+        eps: 1e-6,
+        output_scale_factor: 1.0,
+    }
+    .init(&device);
+    let whole = data(resnet.forward(xt(), None));
+    let cut = RowPieces::new(vec![
+        xt().narrow(2, 0, 5),
+        xt().narrow(2, 5, 4),
+        xt().narrow(2, 9, 3),
+    ]);
+    let diff = relative(resnet.forward_pieces(cut), &whole);
+    eprintln!("resnet on 3 pieces: max |diff| / max |want| = {diff:.2e}");
+    assert!(diff < 2e-3, "{diff}");
 }

@@ -12,10 +12,17 @@
 //! to 0.14 on pixel values of ~2. f32 activations keep Burn's kernel (it sums in f32 already).
 //!
 //! Memory: the gathered patches of one band are at most [`BAND_BYTES`] (the band's padded input
-//! rows beside them, 1 / (kh * kw) of that); the output is written band by band into one tensor.
+//! rows beside them, 1 / (kh * kw) of that); the output is written band by band into one tensor
+//! ([`conv2d`]) or into pieces of rows, each its own allocation ([`conv2d_in_pieces`],
+//! [`RowPieces`]). A band reads its input rows through a [`RowSource`]: a stored tensor, or a
+//! function of one made for those rows only (the GroupNorm + SiLU before a resnet's
+//! convolutions, the upsampler's 2x nearest repeat: `models::ops`), so that the transformed
+//! input never exists whole.
+
+use std::ops::Range;
 
 use burn::tensor::ops::PadMode;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, Device, Tensor};
 
 /// The most bytes the gathered patches of one band of output rows take. What a band adds to a
 /// convolution's memory (~1.2x this, with its padded input rows and its output) counts at the
@@ -24,15 +31,163 @@ use burn::tensor::{DType, Tensor};
 /// bands of 7 rows, the UNet's 3x3s at a 64x64 latent (batch 2) 1 to 3 bands.
 pub const BAND_BYTES: u64 = 16 << 20;
 
+/// The most bytes of one piece of an activation [`conv2d_in_pieces`] keeps in pieces: the VAE
+/// decoder's last upsampler output (256 channels at 512x512, 128 MiB in f16) as 4 pieces, so
+/// that the next resnet gives it back a piece at a time (`ResnetBlock2D::forward_pieces`) and
+/// no allocation of the decode is larger than its 64 MiB activations (CubeCL sizes its pages
+/// to the largest allocation).
+pub const PIECE_BYTES: u64 = 32 << 20;
+
 /// Where [`conv2d`] applies: a CubeCL device and half-precision activations.
-pub fn applies(x: &Tensor<4>) -> bool {
+pub fn applies(x: &impl RowSource) -> bool {
     crate::kernel::is_cube(&x.device()) && matches!(x.dtype(), DType::F16 | DType::BF16)
 }
 
+/// What a convolution reads, produced a band of rows at a time: a tensor, or a function of one
+/// (a GroupNorm + SiLU, a 2x nearest upsample) that [`conv2d`] then computes band by band, so
+/// that the whole transformed input never exists at once (`models::ops::norm_conv2d`,
+/// `models::ops::upsample2x_conv2d`).
+pub trait RowSource {
+    /// `[b, c, h, w]` of the input the convolution sees.
+    fn dims(&self) -> [usize; 4];
+    /// Its element type.
+    fn dtype(&self) -> DType;
+    /// Its device.
+    fn device(&self) -> Device;
+    /// The rows `rows` of that input: `[b, c, rows.len(), w]`.
+    fn rows(&self, rows: Range<usize>) -> Tensor<4>;
+    /// Whether the input is stored as it is (its rows are views, no work and no memory): then a
+    /// 1x1 convolution is one matrix product over the whole input.
+    fn stored(&self) -> bool {
+        false
+    }
+}
+
+impl RowSource for Tensor<4> {
+    fn dims(&self) -> [usize; 4] {
+        Tensor::dims(self)
+    }
+    fn dtype(&self) -> DType {
+        Tensor::dtype(self)
+    }
+    fn device(&self) -> Device {
+        Tensor::device(self)
+    }
+    fn rows(&self, rows: Range<usize>) -> Tensor<4> {
+        if rows.start == 0 && rows.end == self.dims()[2] {
+            self.clone()
+        } else {
+            self.clone().narrow(2, rows.start, rows.len())
+        }
+    }
+    fn stored(&self) -> bool {
+        true
+    }
+}
+
+/// An activation held as pieces of whole rows, each its own allocation: what
+/// [`conv2d_in_pieces`] makes, so that a large activation can be given back piece by piece as
+/// its consumer passes over it (`ResnetBlock2D::forward_pieces`).
+///
+/// # Shapes
+/// - each piece `[b, c, rows_i, w]`, together `[b, c, sum rows_i, w]`
+pub struct RowPieces {
+    pieces: Vec<Tensor<4>>,
+}
+
+impl RowPieces {
+    /// Pieces of one activation, top to bottom.
+    ///
+    /// # Panics
+    /// When there is none, or they differ in anything but their rows (batch, channels, width,
+    /// dtype).
+    pub fn new(pieces: Vec<Tensor<4>>) -> Self {
+        assert!(!pieces.is_empty(), "RowPieces::new: no piece");
+        let ([b, c, _, w], dtype) = (pieces[0].dims(), pieces[0].dtype());
+        for piece in &pieces {
+            let [pb, pc, _, pw] = piece.dims();
+            assert!(
+                [pb, pc, pw] == [b, c, w] && piece.dtype() == dtype,
+                "RowPieces::new: pieces of different shapes"
+            );
+        }
+        Self { pieces }
+    }
+
+    /// One piece: `x` itself.
+    pub fn whole(x: Tensor<4>) -> Self {
+        Self { pieces: vec![x] }
+    }
+
+    /// How many pieces.
+    pub fn len(&self) -> usize {
+        self.pieces.len()
+    }
+
+    /// Never: there is at least one piece.
+    pub fn is_empty(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    /// The pieces, top to bottom.
+    pub fn pieces(&self) -> &[Tensor<4>] {
+        &self.pieces
+    }
+
+    /// The pieces, top to bottom, given away.
+    pub fn into_pieces(self) -> Vec<Tensor<4>> {
+        self.pieces
+    }
+
+    /// The whole activation (a copy when there are several pieces).
+    pub fn join(self) -> Tensor<4> {
+        let mut pieces = self.pieces;
+        if pieces.len() == 1 {
+            pieces.remove(0)
+        } else {
+            Tensor::cat(pieces, 2)
+        }
+    }
+}
+
+impl RowSource for RowPieces {
+    fn dims(&self) -> [usize; 4] {
+        let [b, c, _, w] = self.pieces[0].dims();
+        [b, c, self.pieces.iter().map(|p| p.dims()[2]).sum(), w]
+    }
+    fn dtype(&self) -> DType {
+        self.pieces[0].dtype()
+    }
+    fn device(&self) -> Device {
+        self.pieces[0].device()
+    }
+    fn rows(&self, rows: Range<usize>) -> Tensor<4> {
+        let mut parts = Vec::new();
+        let mut start = 0;
+        for piece in &self.pieces {
+            let end = start + piece.dims()[2];
+            let (a, z) = (rows.start.max(start), rows.end.min(end));
+            if a < z {
+                parts.push(RowSource::rows(piece, a - start..z - start));
+            }
+            start = end;
+        }
+        if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            Tensor::cat(parts, 2)
+        }
+    }
+    fn stored(&self) -> bool {
+        self.pieces.len() == 1
+    }
+}
+
 /// `conv2d(x, weight, bias)` with `groups = 1`, `dilation = 1`, the given `stride` and
-/// `padding = [top, bottom, left, right]` (zeros), summed in f32 (see the module header). The
-/// patches are gathered in bands of output rows of at most `band_bytes` (at least one row):
-/// [`BAND_BYTES`] in the models.
+/// `padding = [top, bottom, left, right]` (zeros, added after `x`'s own transformation), summed
+/// in f32 (see the module header). The patches are gathered in bands of output rows of at most
+/// `band_bytes` (at least one row): [`BAND_BYTES`] in the models; each band reads only its own
+/// input rows from `x`.
 ///
 /// # Panics
 /// When `weight`'s input channels are not `x`'s, or the padded input is smaller than the kernel
@@ -42,84 +197,187 @@ pub fn applies(x: &Tensor<4>) -> bool {
 /// - `x`: `[b, c, h, w]`, `weight`: `[o, c, kh, kw]`, `bias`: `[o]`
 /// - output: `[b, o, oh, ow]`, `oh = (h + top + bottom - kh) / stride[0] + 1` (likewise `ow`)
 pub fn conv2d(
-    x: Tensor<4>,
+    x: &impl RowSource,
     weight: Tensor<4>,
     bias: Option<Tensor<1>>,
     stride: [usize; 2],
     padding: [usize; 4],
     band_bytes: u64,
 ) -> Tensor<4> {
-    let [b, c, h, w] = x.dims();
-    let [o, wc, kh, kw] = weight.dims();
-    assert_eq!(c, wc, "conv2d: {c} input channels, weight for {wc}");
-    let [top, bottom, left, right] = padding;
-    let [sh, sw] = stride.map(|s| s.max(1));
-    assert!(
-        h + top + bottom >= kh && w + left + right >= kw,
-        "conv2d: padded input smaller than the kernel"
-    );
-    let oh = (h + top + bottom - kh) / sh + 1;
-    let ow = (w + left + right - kw) / sw + 1;
-    let k = c * kh * kw;
-    let weight = weight.cast(x.dtype()).reshape([1, o, k]); // [1, o, c*kh*kw]
+    let conv = Conv::new(x, weight, bias, stride, padding, band_bytes);
+    conv.rows(x, 0..conv.oh)
+}
 
-    let y = if kh == 1 && kw == 1 && stride == [1, 1] && padding == [0; 4] {
-        // A 1x1 convolution is one matrix product over the pixels.
-        weight
-            .matmul(x.reshape([b, c, h * w]))
-            .reshape([b, o, h, w]) // [b, o, h, w]
+/// [`conv2d`], its output made and kept as [`RowPieces`] of at most `piece_bytes` each (whole
+/// bands, at least one).
+///
+/// # Shapes
+/// - as [`conv2d`]
+pub fn conv2d_in_pieces(
+    x: &impl RowSource,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    stride: [usize; 2],
+    padding: [usize; 4],
+    band_bytes: u64,
+    piece_bytes: u64,
+) -> RowPieces {
+    let conv = Conv::new(x, weight, bias, stride, padding, band_bytes);
+    let row_bytes = (conv.b * conv.o * conv.ow) as u64 * conv.dtype.size() as u64;
+    let rows = (piece_bytes / row_bytes.max(1)).clamp(1, conv.oh as u64) as usize;
+    // Whole bands a piece (no band split at a piece's end), when a band fits in one.
+    let rows = if rows >= conv.band {
+        rows / conv.band * conv.band
     } else {
-        let elem = x.dtype().size() as u64;
-        let row_bytes = (b * k * ow) as u64 * elem;
-        let band = (band_bytes / row_bytes.max(1)).clamp(1, oh as u64) as usize;
-        // The output rows [r0, r1) from the input rows they read.
-        let band_out = |r0: usize, r1: usize| {
-            let rows = r1 - r0;
-            // The band's input rows in padded coordinates: [r0 * sh, (r1 - 1) * sh + kh).
-            let (p0, p1) = (r0 * sh, (r1 - 1) * sh + kh);
-            let (a, z) = (p0.saturating_sub(top).min(h), p1.saturating_sub(top).min(h));
-            let pad_top = top.saturating_sub(p0).min(p1 - p0);
-            let pad_bottom = (p1 - p0) - pad_top - (z - a);
-            let xb = x.clone().narrow(2, a, z - a); // [b, c, z - a, w]
-            let xb = if pad_top + pad_bottom + left + right > 0 {
-                xb.pad(
-                    [(pad_top, pad_bottom), (left, right)],
-                    PadMode::Constant(0.0),
-                )
-            } else {
-                xb
-            }; // [b, c, p1 - p0, w + left + right]
-            let patches = (0..kh)
-                .flat_map(|ky| (0..kw).map(move |kx| (ky, kx)))
-                .map(|(ky, kx)| {
-                    xb.clone().slice(burn::tensor::s![
-                        ..,
-                        ..,
-                        ky..ky + (rows - 1) * sh + 1;sh,
-                        kx..kx + (ow - 1) * sw + 1;sw
-                    ]) // [b, c, rows, ow]
-                })
-                .collect();
-            let cols = Tensor::stack::<5>(patches, 2).reshape([b, k, rows * ow]); // [b, c*kh*kw, rows*ow]
-            weight.clone().matmul(cols).reshape([b, o, rows, ow]) // [b, o, rows, ow]
+        rows
+    };
+    RowPieces {
+        pieces: (0..conv.oh)
+            .step_by(rows)
+            .map(|r0| conv.rows(x, r0..(r0 + rows).min(conv.oh)))
+            .collect(),
+    }
+}
+
+/// One convolution's shapes and weights, as [`conv2d`] and [`conv2d_in_pieces`] run it.
+struct Conv {
+    b: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    kh: usize,
+    kw: usize,
+    k: usize,
+    stride: [usize; 2],
+    padding: [usize; 4],
+    oh: usize,
+    ow: usize,
+    /// Output rows a band.
+    band: usize,
+    pointwise: bool,
+    dtype: DType,
+    /// `[1, o, c*kh*kw]`
+    weight: Tensor<3>,
+    bias: Option<Tensor<1>>,
+}
+
+impl Conv {
+    fn new(
+        x: &impl RowSource,
+        weight: Tensor<4>,
+        bias: Option<Tensor<1>>,
+        stride: [usize; 2],
+        padding: [usize; 4],
+        band_bytes: u64,
+    ) -> Self {
+        let [b, c, h, w] = x.dims();
+        let [o, wc, kh, kw] = weight.dims();
+        assert_eq!(c, wc, "conv2d: {c} input channels, weight for {wc}");
+        let [top, bottom, left, right] = padding;
+        let stride = stride.map(|s| s.max(1));
+        let [sh, sw] = stride;
+        assert!(
+            h + top + bottom >= kh && w + left + right >= kw,
+            "conv2d: padded input smaller than the kernel"
+        );
+        let oh = (h + top + bottom - kh) / sh + 1;
+        let ow = (w + left + right - kw) / sw + 1;
+        let k = c * kh * kw;
+        let dtype = x.dtype();
+        let pointwise = kh == 1 && kw == 1 && stride == [1, 1] && padding == [0; 4];
+        let row_bytes = (b * k * ow) as u64 * dtype.size() as u64;
+        let band = if pointwise && x.stored() {
+            oh
+        } else {
+            (band_bytes / row_bytes.max(1)).clamp(1, oh as u64) as usize
         };
-        if band >= oh {
-            band_out(0, oh)
+        Self {
+            b,
+            c,
+            h,
+            w,
+            o,
+            kh,
+            kw,
+            k,
+            stride,
+            padding,
+            oh,
+            ow,
+            band,
+            pointwise,
+            dtype,
+            weight: weight.cast(dtype).reshape([1, o, k]),
+            bias: bias.map(|bias| bias.cast(dtype)),
+        }
+    }
+
+    /// The output rows `out`, bias added: `[b, o, out.len(), ow]`.
+    fn rows(&self, x: &impl RowSource, out: Range<usize>) -> Tensor<4> {
+        let (b, o, ow) = (self.b, self.o, self.ow);
+        let y = if out.len() <= self.band {
+            self.band_out(x, out.start, out.end)
         } else {
             // Bands written into one output as they come.
-            let mut y = Tensor::<4>::empty([b, o, oh, ow], (&x.device(), x.dtype()));
-            for r0 in (0..oh).step_by(band) {
-                let r1 = (r0 + band).min(oh);
-                y = y.slice_assign([0..b, 0..o, r0..r1, 0..ow], band_out(r0, r1));
+            let mut y = Tensor::<4>::empty([b, o, out.len(), ow], (&x.device(), self.dtype));
+            for r0 in out.clone().step_by(self.band) {
+                let r1 = (r0 + self.band).min(out.end);
+                y = y.slice_assign(
+                    [0..b, 0..o, r0 - out.start..r1 - out.start, 0..ow],
+                    self.band_out(x, r0, r1),
+                );
             }
             y
+        };
+        match &self.bias {
+            Some(bias) => y + bias.clone().reshape([1, o, 1, 1]),
+            None => y,
         }
-    };
-    match bias {
-        Some(bias) => {
-            let dtype = y.dtype();
-            y + bias.cast(dtype).reshape([1, o, 1, 1])
+    }
+
+    /// The output rows [r0, r1) from the input rows they read, no bias: `[b, o, r1 - r0, ow]`.
+    fn band_out(&self, x: &impl RowSource, r0: usize, r1: usize) -> Tensor<4> {
+        let (b, c, h, w, o, k, ow) = (self.b, self.c, self.h, self.w, self.o, self.k, self.ow);
+        let (kh, kw) = (self.kh, self.kw);
+        let [sh, sw] = self.stride;
+        let [top, _, left, right] = self.padding;
+        let rows = r1 - r0;
+        if self.pointwise {
+            // A 1x1 convolution is one matrix product over the pixels.
+            let xb = x.rows(r0..r1); // [b, c, rows, w]
+            return self
+                .weight
+                .clone()
+                .matmul(xb.reshape([b, c, rows * w]))
+                .reshape([b, o, rows, w]); // [b, o, rows, w]
         }
-        None => y,
+        // The band's input rows in padded coordinates: [r0 * sh, (r1 - 1) * sh + kh).
+        let (p0, p1) = (r0 * sh, (r1 - 1) * sh + kh);
+        let (a, z) = (p0.saturating_sub(top).min(h), p1.saturating_sub(top).min(h));
+        let pad_top = top.saturating_sub(p0).min(p1 - p0);
+        let pad_bottom = (p1 - p0) - pad_top - (z - a);
+        let xb = x.rows(a..z); // [b, c, z - a, w]
+        let xb = if pad_top + pad_bottom + left + right > 0 {
+            xb.pad(
+                [(pad_top, pad_bottom), (left, right)],
+                PadMode::Constant(0.0),
+            )
+        } else {
+            xb
+        }; // [b, c, p1 - p0, w + left + right]
+        let patches = (0..kh)
+            .flat_map(|ky| (0..kw).map(move |kx| (ky, kx)))
+            .map(|(ky, kx)| {
+                xb.clone().slice(burn::tensor::s![
+                    ..,
+                    ..,
+                    ky..ky + (rows - 1) * sh + 1;sh,
+                    kx..kx + (ow - 1) * sw + 1;sw
+                ]) // [b, c, rows, ow]
+            })
+            .collect();
+        let cols = Tensor::stack::<5>(patches, 2).reshape([b, k, rows * ow]); // [b, c*kh*kw, rows*ow]
+        self.weight.clone().matmul(cols).reshape([b, o, rows, ow]) // [b, o, rows, ow]
     }
 }

@@ -1,13 +1,17 @@
 //! The heavy operations of the models, routed to the CPU fast paths of [`crate::cpu`] when the
 //! tensors live on the CPU backend (native builds), to [`super::conv_gemm`] for half-precision
-//! convolutions on GPU devices, to Burn's modules everywhere else.
+//! convolutions on GPU devices, to Burn's modules everywhere else. On that route the GroupNorm +
+//! SiLU before a convolution ([`norm_conv2d`]) and the upsampler's 2x repeat
+//! ([`upsample2x_conv2d`]) are made band by band as the convolution reads its input.
 
 use burn::module::Param;
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, PaddingConfig2d};
+use std::ops::Range;
+
 use burn::tensor::{DType, FloatDType, Tensor};
 
-use super::conv_gemm;
+use super::conv_gemm::{self, RowPieces, RowSource};
 
 /// `conv.forward(x)`.
 ///
@@ -15,7 +19,7 @@ use super::conv_gemm;
 /// - `x`: `[batch, in, h, w]` -> `[batch, out, oh, ow]`
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     if let Some(padding) = half_gemm_padding(conv, &x) {
-        return conv_gemm_of(conv, x, padding);
+        return conv_gemm_of(conv, &x, padding);
     }
     #[cfg(not(target_arch = "wasm32"))]
     {
@@ -40,7 +44,7 @@ pub fn conv2d_fused(
     residual: Option<Tensor<4>>,
 ) -> Tensor<4> {
     if let Some(padding) = half_gemm_padding(conv, &x) {
-        return add_biases(conv_gemm_of(conv, x, padding), batch_bias, residual);
+        return add_biases(conv_gemm_of(conv, &x, padding), batch_bias, residual);
     }
     #[cfg(not(target_arch = "wasm32"))]
     {
@@ -77,7 +81,11 @@ pub(crate) fn add_biases(
 /// - `x`: `[batch, in, h, w]` -> `[batch, out, 2h, 2w]` (for a 3x3 "same" conv)
 pub fn upsample2x_conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     if conv_gemm::applies(&x) {
-        return conv2d(conv, upsample_nearest(x, 2));
+        let up = Upsampled2x(x);
+        if let Some(padding) = gemm_padding(conv, &up) {
+            return conv_gemm_of(conv, &up, padding);
+        }
+        return conv2d(conv, upsample_nearest(up.0, 2));
     }
     #[cfg(not(target_arch = "wasm32"))]
     {
@@ -103,6 +111,167 @@ pub(crate) fn upsample_nearest(x: Tensor<4>, up: usize) -> Tensor<4> {
         .reshape([b, c, h * up, w * up])
 }
 
+/// `x` repeated 2x nearest along height and width, as [`conv_gemm`] reads it: each band of rows
+/// is made from the rows of `x` it repeats (the 4x tensor never exists whole).
+pub struct Upsampled2x(pub Tensor<4>);
+
+impl RowSource for Upsampled2x {
+    fn dims(&self) -> [usize; 4] {
+        let [b, c, h, w] = self.0.dims();
+        [b, c, 2 * h, 2 * w]
+    }
+    fn dtype(&self) -> DType {
+        self.0.dtype()
+    }
+    fn device(&self) -> burn::tensor::Device {
+        self.0.device()
+    }
+    fn rows(&self, rows: Range<usize>) -> Tensor<4> {
+        // Output row r repeats input row r / 2.
+        let (a, z) = (rows.start / 2, rows.end.div_ceil(2));
+        let up = upsample_nearest(RowSource::rows(&self.0, a..z), 2); // [b, c, 2 (z - a), 2w]
+        if rows.start.is_multiple_of(2) && rows.len() == 2 * (z - a) {
+            up
+        } else {
+            up.narrow(2, rows.start % 2, rows.len())
+        }
+    }
+}
+
+/// `conv2d_fused(conv, silu(norm(x)), batch_bias, residual)` (`silu` as asked): a resnet's
+/// norm-SiLU-conv stage. On [`conv_gemm`]'s route the normalised activation is made band by band
+/// as the convolution reads it ([`GroupStats`] over the whole of `x` first), so it never exists
+/// whole: at a 512x512 decode's last stage that is a 128 MiB f16 activation (and its f32
+/// widening) fewer at the pipeline's memory peak. Elsewhere [`group_norm`] then
+/// [`conv2d_fused`].
+///
+/// # Shapes
+/// - `x`: `[batch, in, h, w]`, `batch_bias`: `[batch, out]`, `residual`: `[batch, out, oh, ow]`
+/// - output: `[batch, out, oh, ow]`
+pub fn norm_conv2d(
+    norm: &GroupNorm,
+    silu: bool,
+    conv: &Conv2d,
+    x: Tensor<4>,
+    batch_bias: Option<Tensor<2>>,
+    residual: Option<Tensor<4>>,
+) -> Tensor<4> {
+    if conv_gemm::applies(&x) && well_formed(norm, &x) {
+        let normed = Normalized::new(norm, silu, x);
+        if let Some(padding) = gemm_padding(conv, &normed) {
+            return add_biases(conv_gemm_of(conv, &normed, padding), batch_bias, residual);
+        }
+        let h = normed.norm_of(normed.x.clone());
+        return conv2d_fused(conv, h, batch_bias, residual);
+    }
+    conv2d_fused(conv, group_norm(norm, x, silu), batch_bias, residual)
+}
+
+/// `silu(norm(x))` (`silu` as asked) as [`conv_gemm`] reads it: the rows of each band normalised
+/// with the statistics of the whole of `x` (a tensor, or [`RowPieces`]).
+pub struct Normalized<'a, S = Tensor<4>> {
+    norm: &'a GroupNorm,
+    stats: GroupStats,
+    silu: bool,
+    x: S,
+}
+
+impl<'a> Normalized<'a> {
+    /// Takes `x`'s statistics now (GPU devices; `norm` must fit `x`: its channels, groups and
+    /// affine parameters).
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, channels, h, w]`
+    pub fn new(norm: &'a GroupNorm, silu: bool, x: Tensor<4>) -> Self {
+        Self {
+            norm,
+            stats: GroupStats::of(norm, std::slice::from_ref(&x)),
+            silu,
+            x,
+        }
+    }
+}
+
+impl<'a> Normalized<'a, RowPieces> {
+    /// [`Normalized::new`] over an activation held in pieces.
+    pub fn pieces(norm: &'a GroupNorm, silu: bool, x: RowPieces) -> Self {
+        let stats = GroupStats::of(norm, x.pieces());
+        Self {
+            norm,
+            stats,
+            silu,
+            x,
+        }
+    }
+}
+
+impl<S> Normalized<'_, S> {
+    fn norm_of(&self, part: Tensor<4>) -> Tensor<4> {
+        group_norm_apply(self.norm, part, &self.stats, self.silu)
+    }
+
+    /// The input, given back.
+    pub fn into_inner(self) -> S {
+        self.x
+    }
+}
+
+impl<S: RowSource> RowSource for Normalized<'_, S> {
+    fn dims(&self) -> [usize; 4] {
+        self.x.dims()
+    }
+    fn dtype(&self) -> DType {
+        self.x.dtype()
+    }
+    fn device(&self) -> burn::tensor::Device {
+        self.x.device()
+    }
+    fn rows(&self, rows: Range<usize>) -> Tensor<4> {
+        self.norm_of(self.x.rows(rows))
+    }
+}
+
+/// `conv.forward(x)` for an input [`conv_gemm`] makes band by band (a [`Normalized`] one,
+/// [`Upsampled2x`]): on its route when `conv` takes it, else from the whole input made at once.
+///
+/// # Shapes
+/// - `x`: `[batch, in, h, w]` -> `[batch, out, oh, ow]`
+pub fn conv2d_from(conv: &Conv2d, x: &impl RowSource) -> Tensor<4> {
+    match conv_gemm::applies(x)
+        .then(|| gemm_padding(conv, x))
+        .flatten()
+    {
+        Some(padding) => conv_gemm_of(conv, x, padding),
+        None => conv2d(conv, x.rows(0..x.dims()[2])),
+    }
+}
+
+/// [`upsample2x_conv2d`] with the output kept as [`RowPieces`] of at most
+/// [`conv_gemm::PIECE_BYTES`] each on [`conv_gemm`]'s route (one piece elsewhere), for a consumer
+/// that gives them back one at a time (`ResnetBlock2D::forward_pieces`).
+///
+/// # Shapes
+/// - `x`: `[batch, in, h, w]` -> `[batch, out, 2h, 2w]` (for a 3x3 "same" conv)
+pub fn upsample2x_conv2d_in_pieces(conv: &Conv2d, x: Tensor<4>) -> RowPieces {
+    if conv_gemm::applies(&x) {
+        let up = Upsampled2x(x);
+        if let Some(padding) = gemm_padding(conv, &up) {
+            let bias = conv.bias.as_ref().map(|b| b.val());
+            return conv_gemm::conv2d_in_pieces(
+                &up,
+                conv.weight.val(),
+                bias,
+                conv.stride,
+                padding,
+                conv_gemm::BAND_BYTES,
+                conv_gemm::PIECE_BYTES,
+            );
+        }
+        return RowPieces::whole(upsample2x_conv2d(conv, up.0));
+    }
+    RowPieces::whole(upsample2x_conv2d(conv, x))
+}
+
 /// Burn's padding as `[top, bottom, left, right]`; `None` for `Same` (left to Burn).
 pub(crate) fn explicit_padding(padding: &PaddingConfig2d) -> Option<[usize; 4]> {
     match *padding {
@@ -116,7 +285,15 @@ pub(crate) fn explicit_padding(padding: &PaddingConfig2d) -> Option<[usize; 4]> 
 /// (half-precision activations on a CubeCL device, one group, no dilation, explicit padding,
 /// shapes that fit); `None` leaves it to Burn (which also reports what does not fit).
 fn half_gemm_padding(conv: &Conv2d, x: &Tensor<4>) -> Option<[usize; 4]> {
-    if !conv_gemm::applies(x) || conv.groups != 1 || conv.dilation != [1, 1] {
+    if !conv_gemm::applies(x) {
+        return None;
+    }
+    gemm_padding(conv, x)
+}
+
+/// [`half_gemm_padding`] without the device / dtype check, for any input [`conv_gemm`] reads.
+fn gemm_padding(conv: &Conv2d, x: &impl RowSource) -> Option<[usize; 4]> {
+    if conv.groups != 1 || conv.dilation != [1, 1] {
         return None;
     }
     let padding = explicit_padding(&conv.padding)?;
@@ -127,7 +304,7 @@ fn half_gemm_padding(conv: &Conv2d, x: &Tensor<4>) -> Option<[usize; 4]> {
 }
 
 /// [`conv_gemm::conv2d`] with `conv`'s weights and stride.
-fn conv_gemm_of(conv: &Conv2d, x: Tensor<4>, padding: [usize; 4]) -> Tensor<4> {
+fn conv_gemm_of(conv: &Conv2d, x: &impl RowSource, padding: [usize; 4]) -> Tensor<4> {
     let bias = conv.bias.as_ref().map(|b| b.val());
     conv_gemm::conv2d(
         x,
@@ -148,15 +325,7 @@ fn conv_gemm_of(conv: &Conv2d, x: Tensor<4>, padding: [usize; 4]) -> Tensor<4> {
 /// # Shapes
 /// - `x`: `[batch, channels, ...]` -> same
 pub fn group_norm<const D: usize>(norm: &GroupNorm, x: Tensor<D>, silu: bool) -> Tensor<D> {
-    let dims = x.dims();
-    let groups = norm.num_groups;
-    let well_formed = D >= 3
-        && dims[1] == norm.num_channels
-        && groups > 0
-        && dims[1].is_multiple_of(groups)
-        && norm.gamma.is_some() == norm.affine
-        && norm.beta.is_some() == norm.affine;
-    if crate::kernel::is_cube(&x.device()) && well_formed {
+    if crate::kernel::is_cube(&x.device()) && well_formed(norm, &x) {
         let parts = group_norm_parts(norm, &x);
         return group_norm_in_parts(norm, x, silu, parts);
     }
@@ -168,6 +337,18 @@ pub fn group_norm<const D: usize>(norm: &GroupNorm, x: Tensor<D>, silu: bool) ->
     {
         silu_if(norm.forward(x), silu)
     }
+}
+
+/// Whether `norm` fits `x` (channels, groups, affine parameters): else Burn's module reports it.
+fn well_formed<const D: usize>(norm: &GroupNorm, x: &Tensor<D>) -> bool {
+    let dims = x.dims();
+    let groups = norm.num_groups;
+    D >= 3
+        && dims[1] == norm.num_channels
+        && groups > 0
+        && dims[1].is_multiple_of(groups)
+        && norm.gamma.is_some() == norm.affine
+        && norm.beta.is_some() == norm.affine
 }
 
 /// Into how many channel slices a GPU group norm of `x` must be split (1 when one call fits).
@@ -229,48 +410,122 @@ fn group_norm_in_parts<const D: usize>(
     Tensor::cat(outs, 1)
 }
 
-/// Longest row one reduction of [`group_norm_short_rows`] runs over.
+/// Longest row one reduction of [`GroupStats::of`] runs over.
 const STAT_ROW: usize = 4096;
 
+/// The most bytes of f32 one step of [`GroupStats::of`] widens at a time.
+const STAT_CHUNK_BYTES: usize = 16 << 20;
+
 /// Burn's GroupNorm arithmetic (statistics in f32, centred variance, the affine at the
-/// activations' precision), with each group's sums taken in two levels over rows of at most
-/// [`STAT_ROW`] elements: `[b, g, k, m]` summed over `m`, then over `k`.
+/// activations' precision): [`GroupStats::of`] then [`group_norm_apply`].
+///
+/// # Shapes
+/// - `x`: `[batch, channels, ...]` -> same
+fn group_norm_short_rows<const D: usize>(norm: &GroupNorm, x: Tensor<D>, silu: bool) -> Tensor<D> {
+    let stats = GroupStats::of(norm, std::slice::from_ref(&x));
+    group_norm_apply(norm, x, &stats, silu)
+}
+
+/// A GroupNorm's per-group statistics in f32: the mean and `sqrt(var + eps)`, `[batch, groups,
+/// 1]` each.
 ///
 /// Why not Burn's `GroupNorm::forward`: its single `mean_dim` over a whole group (a million
 /// elements per group at 512x512 with 128 channels) gives wrong sums on lavapipe with Burn 0.22 /
 /// CubeCL 0.11 (fusion + autotune, every tuning level): `ones([32, 65536]).sum_dim(1)` leaves 8
 /// of the 32 rows short, `ones([32, 131072])` 24 of them at 0, `ones([262144]).sum()` is 262128,
 /// while rows of up to 32768 were right in every shape tried (1024 x 32768 included). A
-/// 256x256 VAE stage came out shifted (f32) or scaled by hundreds (f16).
+/// 256x256 VAE stage came out shifted (f32) or scaled by hundreds (f16). Here every reduction
+/// runs over rows of at most [`STAT_ROW`] elements (`[b, g, c / g, k, m]` summed over `m`, `k`,
+/// then `c / g`), and the input is widened to f32 a chunk of at most [`STAT_CHUNK_BYTES`] at a
+/// time, the chunks' sums added: Burn's fusion materialised the whole widened activation
+/// otherwise (256 MiB for 256 f16 channels at 512x512, the decode's largest allocation).
+struct GroupStats {
+    mean: Tensor<3>,
+    std: Tensor<3>,
+}
+
+impl GroupStats {
+    /// The statistics of the activation `parts` make together, cut along the spatial dimensions
+    /// (one part: the whole activation; [`RowPieces`]: its pieces).
+    ///
+    /// # Shapes
+    /// - each part: `[batch, channels, ...]`, the same but for the spatial sizes
+    fn of<const D: usize>(norm: &GroupNorm, parts: &[Tensor<D>]) -> Self {
+        let dims = parts[0].dims();
+        let (batch, channels, groups) = (dims[0], dims[1], norm.num_groups);
+        let per_group = channels / groups.max(1);
+        let wide = wide_dtype(parts[0].dtype());
+        // Each part as [b, g, c/g, k, m], and how many `k` a chunk takes.
+        let parts: Vec<_> = parts
+            .iter()
+            .map(|x| {
+                let spatial: usize = x.dims()[2..].iter().product();
+                // The longest row that divides the spatial size (a multiple of a power of two
+                // for any SD latent or picture).
+                let row = (1..=spatial.min(STAT_ROW))
+                    .rev()
+                    .find(|m| spatial.is_multiple_of(*m))
+                    .unwrap_or(1);
+                let rows = spatial / row;
+                let chunk = (STAT_CHUNK_BYTES / (batch * channels * row * 4).max(1)).clamp(1, rows);
+                let x = x.clone().reshape([batch, groups, per_group, rows, row]);
+                (x, rows, chunk, spatial)
+            })
+            .collect();
+        // The sum over each group of `f(x)`, chunk by chunk of `k`, part by part.
+        let group_sums = |f: &dyn Fn(Tensor<5>) -> Tensor<5>| {
+            parts
+                .iter()
+                .flat_map(|(x, rows, chunk, _)| {
+                    (0..*rows).step_by(*chunk).map(move |k0| {
+                        let part = x.clone().narrow(3, k0, (*chunk).min(rows - k0)).cast(wide);
+                        f(part).sum_dim(4).sum_dim(3).sum_dim(2) // [b, g, 1, 1, 1]
+                    })
+                })
+                .reduce(|a, b| a + b)
+                .unwrap_or_else(|| unreachable!("at least one chunk"))
+        };
+        let count = (per_group * parts.iter().map(|p| p.3).sum::<usize>()) as f64;
+        let mean = group_sums(&|part| part).div_scalar(count); // [b, g, 1, 1, 1]
+        let var = group_sums(&|part| (part - mean.clone()).square()).div_scalar(count);
+        Self {
+            mean: mean.reshape([batch, groups, 1]),
+            std: var
+                .add_scalar(norm.epsilon)
+                .sqrt()
+                .reshape([batch, groups, 1]),
+        }
+    }
+}
+
+/// f32 for half-precision activations (norm statistics are taken in f32), else their own type.
+fn wide_dtype(dtype: DType) -> FloatDType {
+    match dtype {
+        DType::F16 | DType::BF16 => FloatDType::F32,
+        _ => FloatDType::from(dtype),
+    }
+}
+
+/// `x` (all of a GroupNorm's input, or some of its rows) normalised with `stats` of the whole
+/// input, the affine applied, then SiLU when `silu`.
 ///
 /// # Shapes
 /// - `x`: `[batch, channels, ...]` -> same
-fn group_norm_short_rows<const D: usize>(norm: &GroupNorm, x: Tensor<D>, silu: bool) -> Tensor<D> {
+fn group_norm_apply<const D: usize>(
+    norm: &GroupNorm,
+    x: Tensor<D>,
+    stats: &GroupStats,
+    silu: bool,
+) -> Tensor<D> {
     let dims = x.dims();
     let (batch, channels, groups) = (dims[0], dims[1], norm.num_groups);
-    let hidden = x.shape().num_elements() / (batch * groups).max(1);
-    // The longest row that divides the group (hidden = channels per group x spatial size, a
-    // multiple of a power of two for any SD latent or picture).
-    let row = (1..=hidden.min(STAT_ROW))
-        .rev()
-        .find(|m| hidden.is_multiple_of(*m))
-        .unwrap_or(1);
     let dtype = x.dtype();
-    let wide = match dtype {
-        DType::F16 | DType::BF16 => FloatDType::F32,
-        _ => FloatDType::from(dtype),
-    };
-    let x = x.reshape([batch, groups, hidden / row, row]).cast(wide); // [b, g, k, m]
-    let mean = x.clone().sum_dim(3).sum_dim(2).div_scalar(hidden as f64); // [b, g, 1, 1]
-    let centred = x - mean;
-    let var = centred
-        .clone()
-        .square()
-        .sum_dim(3)
-        .sum_dim(2)
-        .div_scalar(hidden as f64); // [b, g, 1, 1]
-    let normalized = centred
-        .div(var.add_scalar(norm.epsilon).sqrt())
+    let per_batch_group = x.shape().num_elements() / (batch * groups).max(1);
+    let normalized = x
+        .reshape([batch, groups, per_batch_group])
+        .cast(wide_dtype(dtype))
+        .sub(stats.mean.clone())
+        .div(stats.std.clone())
         .cast(FloatDType::from(dtype))
         .reshape(dims);
     let mut affine = [1; D];

@@ -11,6 +11,7 @@ use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor};
 
+use super::conv_gemm::{self, RowPieces};
 use super::ops;
 
 /// A 3x3 (or `k`x`k`) convolution with symmetric padding, the way diffusers builds them.
@@ -84,15 +85,50 @@ impl ResnetBlock2D {
             (Some(proj), Some(temb)) => Some(proj.forward(silu(temb))), // [b, out]
             _ => None,
         };
-        let h = ops::group_norm(&self.norm1, x.clone(), true);
-        let h = ops::conv2d_fused(&self.conv1, h, temb, None);
+        let h = ops::norm_conv2d(&self.norm1, true, &self.conv1, x.clone(), temb, None);
         // shortcut(x) + conv2(silu(norm2(h)))
         let x = match &self.conv_shortcut {
             Some(conv) => ops::conv2d(conv, x),
             None => x,
         };
-        let h = ops::group_norm(&self.norm2, h, true);
-        let out = ops::conv2d_fused(&self.conv2, h, None, Some(x));
+        let out = ops::norm_conv2d(&self.norm2, true, &self.conv2, h, None, Some(x));
+        if self.output_scale_factor == 1.0 {
+            out
+        } else {
+            out / self.output_scale_factor
+        }
+    }
+}
+
+impl ResnetBlock2D {
+    /// [`Self::forward`] without a time embedding (the VAE), for an input held in pieces (what
+    /// [`Upsample2D::forward_pieces`] makes): the pieces are given back one at a time as the
+    /// 1x1 `conv_shortcut` passes over them. With the input whole, its shortcut's output and
+    /// `conv1`'s output would all be alive at once: at a 512x512 decode's last up block 128 +
+    /// 64 + 64 MiB in f16, the pipeline's memory peak; in pieces at most one piece of the
+    /// shortcut's output is added to the input and `conv1`'s output.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, in, h, w]` in pieces of rows -> `[batch, out, h, w]`
+    pub fn forward_pieces(&self, x: RowPieces) -> Tensor<4> {
+        if x.len() == 1 || !conv_gemm::applies(&x) {
+            return self.forward(x.join(), None);
+        }
+        let normed = ops::Normalized::pieces(&self.norm1, true, x);
+        let h = ops::conv2d_from(&self.conv1, &normed);
+        let x = normed.into_inner();
+        let residual = match &self.conv_shortcut {
+            // Each piece dropped once its rows are through the 1x1 convolution.
+            Some(conv) => Tensor::cat(
+                x.into_pieces()
+                    .into_iter()
+                    .map(|piece| ops::conv2d(conv, piece))
+                    .collect(),
+                2,
+            ),
+            None => x.join(),
+        };
+        let out = ops::norm_conv2d(&self.norm2, true, &self.conv2, h, None, Some(residual));
         if self.output_scale_factor == 1.0 {
             out
         } else {
@@ -125,6 +161,15 @@ impl Downsample2D {
     /// - `x`: `[batch, c, h, w]` -> `[batch, c, ceil(h / 2), ceil(w / 2)]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         ops::conv2d(&self.conv, x)
+    }
+
+    /// [`Self::forward`] at exactly 2x, the output kept in pieces of rows on GPUs in half
+    /// precision (`ops::upsample2x_conv2d_in_pieces`; one piece elsewhere).
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, c, h, w]` -> `[batch, c, 2h, 2w]` in pieces of rows
+    pub fn forward_pieces(&self, x: Tensor<4>) -> RowPieces {
+        ops::upsample2x_conv2d_in_pieces(&self.conv, x)
     }
 }
 
@@ -160,5 +205,14 @@ impl Upsample2D {
             ),
         };
         ops::conv2d(&self.conv, x)
+    }
+
+    /// [`Self::forward`] at exactly 2x, the output kept in pieces of rows on GPUs in half
+    /// precision (`ops::upsample2x_conv2d_in_pieces`; one piece elsewhere).
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, c, h, w]` -> `[batch, c, 2h, 2w]` in pieces of rows
+    pub fn forward_pieces(&self, x: Tensor<4>) -> RowPieces {
+        ops::upsample2x_conv2d_in_pieces(&self.conv, x)
     }
 }

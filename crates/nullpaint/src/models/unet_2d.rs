@@ -577,9 +577,6 @@ impl UNet2DConditionModel {
         }
 
         // 6. post-process
-        ops::conv2d(
-            &self.conv_out,
-            ops::group_norm(&self.conv_norm_out, x, true),
-        )
+        ops::norm_conv2d(&self.conv_norm_out, true, &self.conv_out, x, None, None)
     }
 }

@@ -10,6 +10,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
 use super::attention::{Attention, AttentionConfig, Transformer2DConfig, Transformer2DModel};
+use super::conv_gemm::RowPieces;
 use super::resnet::{Downsample2D, ResnetBlock2D, ResnetBlock2DConfig, Upsample2D};
 
 /// Shared construction arguments of a block's resnets and transformers.
@@ -226,6 +227,39 @@ impl UpBlock {
             x = up.forward(x, upsample_size);
         }
         x
+    }
+}
+
+impl UpBlock {
+    /// [`Self::forward`] for the VAE decoder's `UpDecoderBlock2D` (no skips, time embedding or
+    /// attention) with activations handed between blocks in pieces of rows: the upsampler's
+    /// output is kept in pieces and the next block's first resnet gives them back one at a time
+    /// (`ResnetBlock2D::forward_pieces`, for the decode's memory peak).
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, prev, h, w]` in pieces -> `[batch, out, 2h, 2w]` in pieces with an
+    ///   upsampler
+    pub fn forward_decoder(&self, x: RowPieces) -> RowPieces {
+        if !self.attentions.is_empty() {
+            return RowPieces::whole(self.forward(x.join(), &mut Vec::new(), None, None, None));
+        }
+        let mut resnets = self.resnets.iter();
+        let mut x = match resnets.next() {
+            Some(first) => first.forward_pieces(x),
+            None => x.join(),
+        };
+        for resnet in resnets {
+            x = resnet.forward(x, None);
+        }
+        match self.upsamplers.split_last() {
+            Some((last, others)) => {
+                for up in others {
+                    x = up.forward(x, None);
+                }
+                last.forward_pieces(x)
+            }
+            None => RowPieces::whole(x),
+        }
     }
 }
 

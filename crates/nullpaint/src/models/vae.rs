@@ -11,6 +11,7 @@ use burn::tensor::{Device, Tensor};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::conv_gemm::RowPieces;
 use super::ops;
 use super::resnet::conv2d;
 use super::unet_2d::check_defaults;
@@ -354,7 +355,7 @@ impl AutoencoderKL {
             h = block.forward(h, None, None).0;
         }
         h = e.mid_block.forward(h);
-        h = ops::conv2d(&e.conv_out, ops::group_norm(&e.conv_norm_out, h, true)); // [b, 2 lat, h', w']
+        h = ops::norm_conv2d(&e.conv_norm_out, true, &e.conv_out, h, None, None); // [b, 2 lat, h', w']
         // 2. moments
         if let Some(q) = &self.quant_conv {
             h = ops::conv2d(q, h);
@@ -386,11 +387,12 @@ impl AutoencoderKL {
             Some(p) => ops::conv2d(p, z),
             None => z,
         };
-        let mut h = ops::conv2d(&d.conv_in, z);
-        h = d.mid_block.forward(h);
+        let h = ops::conv2d(&d.conv_in, z);
+        // Between up blocks the activation may be held in pieces of rows (`UpBlock::forward_decoder`).
+        let mut h = RowPieces::whole(d.mid_block.forward(h));
         for block in &d.up_blocks {
-            h = block.forward(h, &mut Vec::new(), None, None, None);
+            h = block.forward_decoder(h);
         }
-        ops::conv2d(&d.conv_out, ops::group_norm(&d.conv_norm_out, h, true))
+        ops::norm_conv2d(&d.conv_norm_out, true, &d.conv_out, h.join(), None, None)
     }
 }
