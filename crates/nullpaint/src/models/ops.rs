@@ -440,8 +440,10 @@ fn group_norm_short_rows<const D: usize>(norm: &GroupNorm, x: Tensor<D>, silu: b
 /// time, the chunks' sums added: Burn's fusion materialised the whole widened activation
 /// otherwise (256 MiB for 256 f16 channels at 512x512, the decode's largest allocation).
 struct GroupStats {
-    mean: Tensor<3>,
-    std: Tensor<3>,
+    /// `[batch, channels]`: each channel its group's mean.
+    mean: Tensor<2>,
+    /// `[batch, channels]`: each channel its group's `sqrt(var + eps)`.
+    std: Tensor<2>,
 }
 
 impl GroupStats {
@@ -488,12 +490,17 @@ impl GroupStats {
         let count = (per_group * parts.iter().map(|p| p.3).sum::<usize>()) as f64;
         let mean = group_sums(&|part| part).div_scalar(count); // [b, g, 1, 1, 1]
         let var = group_sums(&|part| (part - mean.clone()).square()).div_scalar(count);
+        let std = var.add_scalar(norm.epsilon).sqrt();
+        // Per channel, so that applying them needs no view of the input by groups (a band of
+        // rows is not contiguous, and a reshape of it would copy it).
+        let per_channel = |t: Tensor<5>| {
+            t.reshape([batch, groups, 1])
+                .expand([batch, groups, per_group])
+                .reshape([batch, channels])
+        };
         Self {
-            mean: mean.reshape([batch, groups, 1]),
-            std: var
-                .add_scalar(norm.epsilon)
-                .sqrt()
-                .reshape([batch, groups, 1]),
+            mean: per_channel(mean),
+            std: per_channel(std),
         }
     }
 }
@@ -518,18 +525,17 @@ fn group_norm_apply<const D: usize>(
     silu: bool,
 ) -> Tensor<D> {
     let dims = x.dims();
-    let (batch, channels, groups) = (dims[0], dims[1], norm.num_groups);
+    let (batch, channels) = (dims[0], dims[1]);
     let dtype = x.dtype();
-    let per_batch_group = x.shape().num_elements() / (batch * groups).max(1);
-    let normalized = x
-        .reshape([batch, groups, per_batch_group])
-        .cast(wide_dtype(dtype))
-        .sub(stats.mean.clone())
-        .div(stats.std.clone())
-        .cast(FloatDType::from(dtype))
-        .reshape(dims);
     let mut affine = [1; D];
     affine[1] = channels;
+    let mut per_channel = affine;
+    per_channel[0] = batch;
+    let normalized = x
+        .cast(wide_dtype(dtype))
+        .sub(stats.mean.clone().reshape(per_channel))
+        .div(stats.std.clone().reshape(per_channel))
+        .cast(FloatDType::from(dtype));
     let y = match (&norm.gamma, &norm.beta) {
         (Some(gamma), Some(beta)) => normalized
             .mul(gamma.val().reshape(affine))
