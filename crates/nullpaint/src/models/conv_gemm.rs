@@ -13,7 +13,7 @@
 //!
 //! Memory: the gathered patches of one band are at most [`BAND_BYTES`] (the band's padded input
 //! rows beside them, 1 / (kh * kw) of that); the output is written band by band into one tensor
-//! ([`conv2d`]) or into pieces of rows, each its own allocation ([`conv2d_in_pieces`],
+//! ([`conv2d`]) or into pieces of rows, each its own allocation ([`Conv::in_pieces`],
 //! [`RowPieces`]). A band reads its input rows through a [`RowSource`]: a stored tensor, or a
 //! function of one made for those rows only (the GroupNorm + SiLU before a resnet's
 //! convolutions, the upsampler's 2x nearest repeat: `models::ops`), so that the transformed
@@ -31,7 +31,7 @@ use burn::tensor::{DType, Device, Tensor};
 /// at 512x512 takes 74 bands of 7 rows, the UNet's 3x3s at a 64x64 latent (batch 2) 1 to 3 bands.
 pub const BAND_BYTES: u64 = 16 << 20;
 
-/// The most bytes of one piece of an activation [`conv2d_in_pieces`] keeps in pieces: the VAE
+/// The most bytes of one piece of an activation [`Conv::in_pieces`] keeps in pieces: the VAE
 /// decoder's last upsampler output (256 channels at 512x512, 128 MiB in f16) as 4 pieces, so
 /// that the next resnet gives it back a piece at a time (`ResnetBlock2D::forward_pieces`) and
 /// no allocation of the decode is larger than its 64 MiB activations (CubeCL sizes its pages
@@ -86,7 +86,7 @@ impl RowSource for Tensor<4> {
 }
 
 /// An activation held as pieces of whole rows, each its own allocation: what
-/// [`conv2d_in_pieces`] makes, so that a large activation can be given back piece by piece as
+/// [`Conv::in_pieces`] makes, so that a large activation can be given back piece by piece as
 /// its consumer passes over it (`ResnetBlock2D::forward_pieces`).
 ///
 /// # Shapes
@@ -208,39 +208,8 @@ pub fn conv2d(
     conv.rows(x, 0..conv.oh)
 }
 
-/// [`conv2d`], its output made and kept as [`RowPieces`] of at most `piece_bytes` each (whole
-/// bands, at least one).
-///
-/// # Shapes
-/// - as [`conv2d`]
-pub fn conv2d_in_pieces(
-    x: &impl RowSource,
-    weight: Tensor<4>,
-    bias: Option<Tensor<1>>,
-    stride: [usize; 2],
-    padding: [usize; 4],
-    band_bytes: u64,
-    piece_bytes: u64,
-) -> RowPieces {
-    let conv = Conv::new(x, weight, bias, stride, padding, band_bytes);
-    let row_bytes = (conv.b * conv.o * conv.ow) as u64 * conv.dtype.size() as u64;
-    let rows = (piece_bytes / row_bytes.max(1)).clamp(1, conv.oh as u64) as usize;
-    // Whole bands a piece (no band split at a piece's end), when a band fits in one.
-    let rows = if rows >= conv.band {
-        rows / conv.band * conv.band
-    } else {
-        rows
-    };
-    RowPieces {
-        pieces: (0..conv.oh)
-            .step_by(rows)
-            .map(|r0| conv.rows(x, r0..(r0 + rows).min(conv.oh)))
-            .collect(),
-    }
-}
-
-/// One convolution's shapes and weights, as [`conv2d`] and [`conv2d_in_pieces`] run it.
-struct Conv {
+/// One convolution's shapes and weights, as [`conv2d`] and [`Conv::in_pieces`] run it.
+pub struct Conv {
     b: usize,
     c: usize,
     h: usize,
@@ -263,7 +232,8 @@ struct Conv {
 }
 
 impl Conv {
-    fn new(
+    /// The convolution [`conv2d`] runs with these arguments, for input `x`.
+    pub fn new(
         x: &impl RowSource,
         weight: Tensor<4>,
         bias: Option<Tensor<1>>,
@@ -310,6 +280,28 @@ impl Conv {
             dtype,
             weight: weight.cast(dtype).reshape([1, o, k]),
             bias: bias.map(|bias| bias.cast(dtype)),
+        }
+    }
+
+    /// The output of `x` (the input given to [`Conv::new`]) made and kept as [`RowPieces`] of
+    /// at most `piece_bytes` each (whole bands, at least one row).
+    ///
+    /// # Shapes
+    /// - as [`conv2d`]
+    pub fn in_pieces(&self, x: &impl RowSource, piece_bytes: u64) -> RowPieces {
+        let row_bytes = (self.b * self.o * self.ow) as u64 * self.dtype.size() as u64;
+        let rows = (piece_bytes / row_bytes.max(1)).clamp(1, self.oh as u64) as usize;
+        // Whole bands a piece (no band split at a piece's end), when a band fits in one.
+        let rows = if rows >= self.band {
+            rows / self.band * self.band
+        } else {
+            rows
+        };
+        RowPieces {
+            pieces: (0..self.oh)
+                .step_by(rows)
+                .map(|r0| self.rows(x, r0..(r0 + rows).min(self.oh)))
+                .collect(),
         }
     }
 

@@ -257,15 +257,15 @@ pub fn upsample2x_conv2d_in_pieces(conv: &Conv2d, x: Tensor<4>) -> RowPieces {
         let up = Upsampled2x(x);
         if let Some(padding) = gemm_padding(conv, &up) {
             let bias = conv.bias.as_ref().map(|b| b.val());
-            return conv_gemm::conv2d_in_pieces(
+            return conv_gemm::Conv::new(
                 &up,
                 conv.weight.val(),
                 bias,
                 conv.stride,
                 padding,
                 conv_gemm::BAND_BYTES,
-                conv_gemm::PIECE_BYTES,
-            );
+            )
+            .in_pieces(&up, conv_gemm::PIECE_BYTES);
         }
         return RowPieces::whole(upsample2x_conv2d(conv, up.0));
     }

@@ -162,15 +162,6 @@ impl Downsample2D {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         ops::conv2d(&self.conv, x)
     }
-
-    /// [`Self::forward`] at exactly 2x, the output kept in pieces of rows on GPUs in half
-    /// precision (`ops::upsample2x_conv2d_in_pieces`; one piece elsewhere).
-    ///
-    /// # Shapes
-    /// - `x`: `[batch, c, h, w]` -> `[batch, c, 2h, 2w]` in pieces of rows
-    pub fn forward_pieces(&self, x: Tensor<4>) -> RowPieces {
-        ops::upsample2x_conv2d_in_pieces(&self.conv, x)
-    }
 }
 
 /// `Upsample2D`: nearest-neighbour x2 (or to an explicit size), then a 3x3 conv
