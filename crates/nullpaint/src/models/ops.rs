@@ -4,11 +4,11 @@
 //! SiLU before a convolution ([`norm_conv2d`]) and the upsampler's 2x repeat
 //! ([`upsample2x_conv2d`]) are made band by band as the convolution reads its input.
 
+use std::ops::Range;
+
 use burn::module::Param;
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, PaddingConfig2d};
-use std::ops::Range;
-
 use burn::tensor::{DType, FloatDType, Tensor};
 
 use super::conv_gemm::{self, RowPieces, RowSource};
@@ -237,10 +237,7 @@ impl<S: RowSource> RowSource for Normalized<'_, S> {
 /// # Shapes
 /// - `x`: `[batch, in, h, w]` -> `[batch, out, oh, ow]`
 pub fn conv2d_from(conv: &Conv2d, x: &impl RowSource) -> Tensor<4> {
-    match conv_gemm::applies(x)
-        .then(|| gemm_padding(conv, x))
-        .flatten()
-    {
+    match half_gemm_padding(conv, x) {
         Some(padding) => conv_gemm_of(conv, x, padding),
         None => conv2d(conv, x.rows(0..x.dims()[2])),
     }
@@ -284,7 +281,7 @@ pub(crate) fn explicit_padding(padding: &PaddingConfig2d) -> Option<[usize; 4]> 
 /// `padding` as `[top, bottom, left, right]` when `conv` on `x` takes [`conv_gemm`]'s route
 /// (half-precision activations on a CubeCL device, one group, no dilation, explicit padding,
 /// shapes that fit); `None` leaves it to Burn (which also reports what does not fit).
-fn half_gemm_padding(conv: &Conv2d, x: &Tensor<4>) -> Option<[usize; 4]> {
+fn half_gemm_padding(conv: &Conv2d, x: &impl RowSource) -> Option<[usize; 4]> {
     if !conv_gemm::applies(x) {
         return None;
     }
