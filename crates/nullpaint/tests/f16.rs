@@ -596,8 +596,7 @@ fn f16_activations_in_pieces_match_whole_ones() {
     ));
     let row = (b * o * w * 2) as u64;
     let x = xt();
-    let pieces =
-        conv_gemm::Conv::new(&x, weight, Some(bias), [1, 1], [1; 4], 1).in_pieces(&x, 2 * row);
+    let pieces = conv_gemm::Conv::new(&x, weight, Some(bias), [1, 1], [1; 4], 1).in_pieces(2 * row);
     assert_eq!(pieces.len(), h / 2);
     let diff = relative(pieces.join(), &whole);
     eprintln!("3x3 in pieces of 2 rows: max |diff| / max |want| = {diff:.2e}");

@@ -141,12 +141,7 @@ impl RowPieces {
 
     /// The whole activation (a copy when there are several pieces).
     pub fn join(self) -> Tensor<4> {
-        let mut pieces = self.pieces;
-        if pieces.len() == 1 {
-            pieces.remove(0)
-        } else {
-            Tensor::cat(pieces, 2)
-        }
+        cat_rows(self.pieces)
     }
 }
 
@@ -172,14 +167,19 @@ impl RowSource for RowPieces {
             }
             start = end;
         }
-        if parts.len() == 1 {
-            parts.remove(0)
-        } else {
-            Tensor::cat(parts, 2)
-        }
+        cat_rows(parts)
     }
     fn stored(&self) -> bool {
         self.pieces.len() == 1
+    }
+}
+
+/// `parts` (at least one) joined along the rows; one part is returned as it is.
+pub fn cat_rows(mut parts: Vec<Tensor<4>>) -> Tensor<4> {
+    if parts.len() == 1 {
+        parts.remove(0)
+    } else {
+        Tensor::cat(parts, 2)
     }
 }
 
@@ -204,12 +204,13 @@ pub fn conv2d(
     padding: [usize; 4],
     band_bytes: u64,
 ) -> Tensor<4> {
-    let conv = Conv::new(x, weight, bias, stride, padding, band_bytes);
-    conv.rows(x, 0..conv.oh)
+    Conv::new(x, weight, bias, stride, padding, band_bytes).output()
 }
 
-/// One convolution's shapes and weights, as [`conv2d`] and [`Conv::in_pieces`] run it.
-pub struct Conv {
+/// One convolution of one input: its shapes and weights, as [`conv2d`] and [`Conv::in_pieces`]
+/// run it.
+pub struct Conv<'a, S> {
+    x: &'a S,
     b: usize,
     c: usize,
     h: usize,
@@ -231,10 +232,10 @@ pub struct Conv {
     bias: Option<Tensor<1>>,
 }
 
-impl Conv {
-    /// The convolution [`conv2d`] runs with these arguments, for input `x`.
+impl<'a, S: RowSource> Conv<'a, S> {
+    /// The convolution [`conv2d`] runs with these arguments.
     pub fn new(
-        x: &impl RowSource,
+        x: &'a S,
         weight: Tensor<4>,
         bias: Option<Tensor<1>>,
         stride: [usize; 2],
@@ -263,6 +264,7 @@ impl Conv {
             (band_bytes / row_bytes.max(1)).clamp(1, oh as u64) as usize
         };
         Self {
+            x,
             b,
             c,
             h,
@@ -283,12 +285,20 @@ impl Conv {
         }
     }
 
-    /// The output of `x` (the input given to [`Conv::new`]) made and kept as [`RowPieces`] of
-    /// at most `piece_bytes` each (whole bands, at least one row).
+    /// The whole output, bias added.
     ///
     /// # Shapes
     /// - as [`conv2d`]
-    pub fn in_pieces(&self, x: &impl RowSource, piece_bytes: u64) -> RowPieces {
+    pub fn output(&self) -> Tensor<4> {
+        self.rows(0..self.oh)
+    }
+
+    /// The output made and kept as [`RowPieces`] of at most `piece_bytes` each (whole bands, at
+    /// least one row).
+    ///
+    /// # Shapes
+    /// - as [`conv2d`]
+    pub fn in_pieces(&self, piece_bytes: u64) -> RowPieces {
         let row_bytes = (self.b * self.o * self.ow) as u64 * self.dtype.size() as u64;
         let rows = (piece_bytes / row_bytes.max(1)).clamp(1, self.oh as u64) as usize;
         // Whole bands a piece (no band split at a piece's end), when a band fits in one.
@@ -300,24 +310,24 @@ impl Conv {
         RowPieces {
             pieces: (0..self.oh)
                 .step_by(rows)
-                .map(|r0| self.rows(x, r0..(r0 + rows).min(self.oh)))
+                .map(|r0| self.rows(r0..(r0 + rows).min(self.oh)))
                 .collect(),
         }
     }
 
     /// The output rows `out`, bias added: `[b, o, out.len(), ow]`.
-    fn rows(&self, x: &impl RowSource, out: Range<usize>) -> Tensor<4> {
+    fn rows(&self, out: Range<usize>) -> Tensor<4> {
         let (b, o, ow) = (self.b, self.o, self.ow);
         let y = if out.len() <= self.band {
-            self.band_out(x, out.start, out.end)
+            self.band_out(out.start, out.end)
         } else {
             // Bands written into one output as they come.
-            let mut y = Tensor::<4>::empty([b, o, out.len(), ow], (&x.device(), self.dtype));
+            let mut y = Tensor::<4>::empty([b, o, out.len(), ow], (&self.x.device(), self.dtype));
             for r0 in out.clone().step_by(self.band) {
                 let r1 = (r0 + self.band).min(out.end);
                 y = y.slice_assign(
                     [0..b, 0..o, r0 - out.start..r1 - out.start, 0..ow],
-                    self.band_out(x, r0, r1),
+                    self.band_out(r0, r1),
                 );
             }
             y
@@ -329,7 +339,7 @@ impl Conv {
     }
 
     /// The output rows [r0, r1) from the input rows they read, no bias: `[b, o, r1 - r0, ow]`.
-    fn band_out(&self, x: &impl RowSource, r0: usize, r1: usize) -> Tensor<4> {
+    fn band_out(&self, r0: usize, r1: usize) -> Tensor<4> {
         let (b, c, h, w, o, k, ow) = (self.b, self.c, self.h, self.w, self.o, self.k, self.ow);
         let (kh, kw) = (self.kh, self.kw);
         let [sh, sw] = self.stride;
@@ -337,7 +347,7 @@ impl Conv {
         let rows = r1 - r0;
         if self.pointwise {
             // A 1x1 convolution is one matrix product over the pixels.
-            let xb = x.rows(r0..r1); // [b, c, rows, w]
+            let xb = self.x.rows(r0..r1); // [b, c, rows, w]
             return self
                 .weight
                 .clone()
@@ -349,7 +359,7 @@ impl Conv {
         let (a, z) = (p0.saturating_sub(top).min(h), p1.saturating_sub(top).min(h));
         let pad_top = top.saturating_sub(p0).min(p1 - p0);
         let pad_bottom = (p1 - p0) - pad_top - (z - a);
-        let xb = x.rows(a..z); // [b, c, z - a, w]
+        let xb = self.x.rows(a..z); // [b, c, z - a, w]
         let xb = if pad_top + pad_bottom + left + right > 0 {
             xb.pad(
                 [(pad_top, pad_bottom), (left, right)],

@@ -253,16 +253,7 @@ pub fn upsample2x_conv2d_in_pieces(conv: &Conv2d, x: Tensor<4>) -> RowPieces {
     if conv_gemm::applies(&x) {
         let up = Upsampled2x(x);
         if let Some(padding) = gemm_padding(conv, &up) {
-            let bias = conv.bias.as_ref().map(|b| b.val());
-            return conv_gemm::Conv::new(
-                &up,
-                conv.weight.val(),
-                bias,
-                conv.stride,
-                padding,
-                conv_gemm::BAND_BYTES,
-            )
-            .in_pieces(&up, conv_gemm::PIECE_BYTES);
+            return gemm_of(conv, &up, padding).in_pieces(conv_gemm::PIECE_BYTES);
         }
         return RowPieces::whole(upsample2x_conv2d(conv, up.0));
     }
@@ -302,8 +293,17 @@ fn gemm_padding(conv: &Conv2d, x: &impl RowSource) -> Option<[usize; 4]> {
 
 /// [`conv_gemm::conv2d`] with `conv`'s weights and stride.
 fn conv_gemm_of(conv: &Conv2d, x: &impl RowSource, padding: [usize; 4]) -> Tensor<4> {
+    gemm_of(conv, x, padding).output()
+}
+
+/// `conv` on `x` as [`conv_gemm`] runs it, in bands of [`conv_gemm::BAND_BYTES`].
+fn gemm_of<'a, S: RowSource>(
+    conv: &Conv2d,
+    x: &'a S,
+    padding: [usize; 4],
+) -> conv_gemm::Conv<'a, S> {
     let bias = conv.bias.as_ref().map(|b| b.val());
-    conv_gemm::conv2d(
+    conv_gemm::Conv::new(
         x,
         conv.weight.val(),
         bias,
@@ -423,8 +423,8 @@ fn group_norm_short_rows<const D: usize>(norm: &GroupNorm, x: Tensor<D>, silu: b
     group_norm_apply(norm, x, &stats, silu)
 }
 
-/// A GroupNorm's per-group statistics in f32: the mean and `sqrt(var + eps)`, `[batch, groups,
-/// 1]` each.
+/// A GroupNorm's per-group statistics in f32, the mean and `sqrt(var + eps)`, held per channel
+/// (`[batch, channels]`).
 ///
 /// Why not Burn's `GroupNorm::forward`: its single `mean_dim` over a whole group (a million
 /// elements per group at 512x512 with 128 channels) gives wrong sums on lavapipe with Burn 0.22 /

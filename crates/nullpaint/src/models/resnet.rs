@@ -92,11 +92,7 @@ impl ResnetBlock2D {
             None => x,
         };
         let out = ops::norm_conv2d(&self.norm2, true, &self.conv2, h, None, Some(x));
-        if self.output_scale_factor == 1.0 {
-            out
-        } else {
-            out / self.output_scale_factor
-        }
+        self.rescaled(out)
     }
 }
 
@@ -119,16 +115,20 @@ impl ResnetBlock2D {
         let x = normed.into_inner();
         let residual = match &self.conv_shortcut {
             // Each piece dropped once its rows are through the 1x1 convolution.
-            Some(conv) => Tensor::cat(
+            Some(conv) => conv_gemm::cat_rows(
                 x.into_pieces()
                     .into_iter()
                     .map(|piece| ops::conv2d(conv, piece))
                     .collect(),
-                2,
             ),
             None => x.join(),
         };
         let out = ops::norm_conv2d(&self.norm2, true, &self.conv2, h, None, Some(residual));
+        self.rescaled(out)
+    }
+
+    /// `out / output_scale_factor` (diffusers' last step of the block).
+    fn rescaled(&self, out: Tensor<4>) -> Tensor<4> {
         if self.output_scale_factor == 1.0 {
             out
         } else {
