@@ -20,6 +20,9 @@
 #   SIZE 512, STEPS 50, ITERS 3, BACKEND wgpu, PRECISION f16
 #   TORCH_PYTHON   a Python with torch + diffusers + transformers (default python3); TORCH=0 skips
 #   GPU_INDEX      the GPU nvidia-smi watches (default 0)
+#   CONV_COMPARE   1 (default): then the stages again (1-step inpaint, no PyTorch) with
+#                  `--conv burn` (Burn's autotuned convolution for every precision instead of the
+#                  engine's matrix products for f16), printed beside the first run; 0 skips
 # Example (the lavapipe check of this script on a machine without a GPU):
 #   VK_ICD_FILENAMES=/usr/share/vulkan/icd.d/lvp_icd.x86_64.json SIZE=64 STEPS=2 \
 #     tests/bench/gpu.sh tests/fixtures/tiny-sd1
@@ -115,6 +118,16 @@ echo "gpu.sh: ${CMD[*]}" >&2
 [ -n "$TORCH_NOTE" ] && echo "gpu.sh: $TORCH_NOTE" >&2
 status=0
 "${CMD[@]}" > "$WORK/stdout.txt" 2> >(tee "$WORK/stderr.txt" >&2) || status=$?
+
+# 5b. the same stages with Burn's convolution, to compare the two routes on this GPU
+: > "$WORK/conv-burn.txt"
+if [ "${CONV_COMPARE:-1}" != 0 ] && [ "$status" = 0 ]; then
+  CONV_CMD=("$CLI" bench --model "$MODEL" --size "$SIZE" --steps 1 --iters "$ITERS"
+            --backend "$BACKEND" --precision "$PRECISION" --conv burn --json)
+  echo "gpu.sh: ${CONV_CMD[*]}" >&2
+  "${CONV_CMD[@]}" > "$WORK/conv-burn.txt" 2> >(tee "$WORK/conv-burn-stderr.txt" >&2) \
+    || echo "gpu.sh: the --conv burn run failed (exit $?)" >&2
+fi
 sleep 0.3
 if [ -n "$SAMPLER" ]; then kill "$SAMPLER" 2>/dev/null || true; wait "$SAMPLER" 2>/dev/null || true; SAMPLER=; fi
 sleep 0.2 # let the tee of stderr finish
@@ -169,12 +182,43 @@ if smi:
                    f"{(smi['nullpaint_peak_mib'] - smi['baseline_mib']) / max(1.0, smi['torch_peak_mib'] - smi['baseline_mib']):.2f}")
 else:
     out.append("nvidia-smi: no samples")
+# the --conv burn run beside the first one
+conv_burn = None
+for line in reversed((work / "conv-burn.txt").read_text().splitlines()):
+    if line.lstrip().startswith("{"):
+        try:
+            conv_burn = json.loads(line)
+        except ValueError:
+            pass
+        break
+if report and conv_burn:
+    if samples:
+        smi["conv_burn_peak_mib"] = window(conv_burn["started_unix"], conv_burn["finished_unix"])
+    out.append(f"convolution routes, same stages ({report.get('conv_route', 'auto')} = the engine's choice):")
+    out.append(f"  {'stage':34} {'auto':>10} {'burn':>10}  burn / auto")
+    for key, name in [("unet_first_s", "UNet guided step, first call"),
+                      ("unet_median_s", "UNet guided step, median"),
+                      ("vae_encode_s", "VAE encode"), ("vae_decode_s", "VAE decode")]:
+        a, b = report["seconds"].get(key), conv_burn["seconds"].get(key)
+        if a and b:
+            out.append(f"  {name:34} {a:9.3f}s {b:9.3f}s  {b / a:.2f}")
+    for key, name in [("gpu_in_use_bytes", "GPU memory in use (tensors)"),
+                      ("gpu_memory_bytes", "GPU memory reserved (pools)")]:
+        a, b = report.get(key), conv_burn.get(key)
+        if a and b:
+            out.append(f"  {name:34} {a / 2**30:8.2f}GiB {b / 2**30:8.2f}GiB  {b / a:.2f}")
+    a, b = smi.get("nullpaint_peak_mib"), smi.get("conv_burn_peak_mib")
+    if a and b:
+        out.append(f"  {'nvidia-smi peak (whole device)':34} {a:8.0f}MiB {b:8.0f}MiB  {b / a:.2f}")
+elif (work / "conv-burn.txt").stat().st_size == 0 and report:
+    out.append("convolution routes: no --conv burn run")
 table = (work / "stderr.txt").read_text() if (work / "stderr.txt").exists() else ""
 text = "\n".join(out) + "\n\n" + table.strip() + "\n\n" + markdown + "\n"
 print("\n" + "\n".join(out) + "\n\n" + markdown)
 (work / "gpu-bench.txt").write_text(text)
 (work / "gpu-bench.md").write_text(markdown + "\n\n" + "\n".join(out) + "\n")
-(work / "gpu-bench.json").write_text(json.dumps({"report": report, "nvidia_smi": smi, "gpu": gpu,
+(work / "gpu-bench.json").write_text(json.dumps({"report": report, "conv_burn": conv_burn,
+                                                 "nvidia_smi": smi, "gpu": gpu,
                                                  "exit_status": status, "torch_note": torch_note}, indent=1) + "\n")
 EOF
 

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use nullpaint::models::conv_gemm::{self, ConvRoute};
 use nullpaint::models::unet_2d::UNet2DConditionConfig;
 use nullpaint::models::vae::AutoencoderKLConfig;
 use nullpaint::pipeline::{
@@ -111,6 +112,12 @@ pub struct BenchArgs {
     /// Float precision (auto: f16 on a hardware GPU with shader-f16, f32 elsewhere).
     #[arg(long, value_enum, default_value_t = PrecisionArg::Auto)]
     precision: PrecisionArg,
+    /// Which convolution GPU devices run (the CPU backend has its own): auto = the engine's
+    /// choice (matrix products summing in f32 for f16 activations, Burn's kernel for f32);
+    /// gemm = matrix products for every precision; burn = Burn's (autotuned) kernel for every
+    /// precision, which sums f16 in f16 on WGSL devices. To time the two side by side.
+    #[arg(long, value_enum, default_value_t = ConvArg::Auto)]
+    conv: ConvArg,
     /// Then run the same stages in PyTorch / diffusers (tests/bench/sd_torch.py) with this
     /// Python (default: $NULLPAINT_TORCH_PYTHON, else .venv-ref/bin/python in the repository)
     /// and print the ratios nullpaint / PyTorch.
@@ -126,6 +133,26 @@ pub struct BenchArgs {
     /// Print a block ready for BENCHMARKS.md (date, machine, command, table rows).
     #[arg(long)]
     markdown: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum ConvArg {
+    /// f16: matrix products summing in f32; f32: Burn's kernel
+    Auto,
+    /// Matrix products for every precision
+    Gemm,
+    /// Burn's kernel for every precision
+    Burn,
+}
+
+impl From<ConvArg> for ConvRoute {
+    fn from(arg: ConvArg) -> Self {
+        match arg {
+            ConvArg::Auto => ConvRoute::Auto,
+            ConvArg::Gemm => ConvRoute::Gemm,
+            ConvArg::Burn => ConvRoute::Burn,
+        }
+    }
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -215,6 +242,14 @@ pub fn bench(args: BenchArgs) -> Result<()> {
 
     // 2. nullpaint
     let (selected, dtype) = open_device(args.backend, args.precision)?;
+    let conv_route = ConvRoute::from(args.conv);
+    if selected.adapter.is_none() && conv_route != ConvRoute::Auto {
+        eprintln!(
+            "note: --conv {} changes nothing on the CPU backend (it has its own convolutions)",
+            conv_route.name()
+        );
+    }
+    conv_gemm::set_route(conv_route);
     let hardware_gpu = selected
         .adapter
         .as_ref()
@@ -252,6 +287,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         "iters": args.iters,
         "backend": selected.description,
         "precision": dtype.to_string(),
+        "conv_route": conv_route.name(),
         "threads": if selected.adapter.is_none() { json!(threads) } else { Value::Null },
         "seconds": ours.seconds,
         "unet_s": ours.unet_s,
@@ -981,6 +1017,14 @@ fn ratio(v: &Value) -> String {
     v.as_f64().map_or(String::new(), |r| format!("{r:.2}"))
 }
 
+/// `, conv: ROUTE` when the run chose a convolution route (`--conv`), else nothing.
+fn conv_note(report: &Value) -> String {
+    match report["conv_route"].as_str() {
+        Some(route) if route != "auto" => format!(", conv: {route}"),
+        _ => String::new(),
+    }
+}
+
 fn print_report(args: &BenchArgs, report: &Value, theirs: Option<&Value>) -> Result<()> {
     // The human table: stdout, or stderr when stdout carries JSON.
     let mut table = String::new();
@@ -994,9 +1038,10 @@ fn print_report(args: &BenchArgs, report: &Value, theirs: Option<&Value>) -> Res
         args.steps,
         report["backend"].as_str().unwrap_or("?"),
         report["precision"].as_str().unwrap_or("?"),
-        report["threads"]
-            .as_u64()
-            .map_or(String::new(), |t| format!(", {t} threads")),
+        conv_note(report)
+            + &report["threads"]
+                .as_u64()
+                .map_or(String::new(), |t| format!(", {t} threads")),
         m["cpu"].as_str().unwrap_or("?"),
         m["cores"],
         gib(&m["memory_bytes"]),
@@ -1135,9 +1180,10 @@ fn markdown(args: &BenchArgs, report: &Value, theirs: Option<&Value>) -> String 
     };
     out.push_str(&row(
         format!(
-            "nullpaint, {} {}",
+            "nullpaint, {} {}{}",
             report["backend"].as_str().unwrap_or("?"),
-            report["precision"].as_str().unwrap_or("?")
+            report["precision"].as_str().unwrap_or("?"),
+            conv_note(report)
         ),
         report,
         ("gpu_memory_bytes", "gpu_in_use_bytes"),

@@ -72,6 +72,7 @@ fn bench_json_has_every_stage_with_a_positive_time() {
     assert_eq!(v["size"], 64);
     assert_eq!(v["steps"], 1);
     assert_eq!(v["precision"], "f32");
+    assert_eq!(v["conv_route"], "auto");
     assert!(v["backend"].as_str().unwrap().contains("cpu"));
     if cfg!(target_os = "linux") {
         assert!(v["peak_rss_bytes"].as_u64().unwrap() > 0);
@@ -104,7 +105,10 @@ fn bench_json_has_every_stage_with_a_positive_time() {
 /// On wgpu the pools are reported while the inpaint runs and the peak is in the JSON.
 #[test]
 fn bench_reports_gpu_pools_on_wgpu() {
-    let out = bench_tiny(&["--inpaint-only", "--backend", "wgpu"], "json-wgpu");
+    let out = bench_tiny(
+        &["--inpaint-only", "--backend", "wgpu", "--conv", "burn"],
+        "json-wgpu",
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() && std::env::var("NULLPAINT_REQUIRE_WGPU").as_deref() != Ok("1") {
         eprintln!("WARNING: wgpu bench skipped: {stderr}");
@@ -113,6 +117,8 @@ fn bench_reports_gpu_pools_on_wgpu() {
     assert!(out.status.success(), "bench failed: {stderr}");
     let v: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(v["conv_route"], "burn", "{v}");
+    assert!(stderr.contains(", conv: burn"), "{stderr}");
     assert!(v["gpu_memory_bytes"].as_u64().is_some_and(|b| b > 0), "{v}");
     // Tensors in use at the peak, at most what the pools held for them.
     let in_use = v["gpu_in_use_bytes"].as_u64().unwrap_or(0);
@@ -138,6 +144,10 @@ fn bench_rejects_bad_options_before_loading() {
         (vec!["--model", model, "--steps", "0"], "--steps"),
         (vec!["--model", model, "--iters", "0"], "--iters"),
         (vec!["--size", "64"], "--model"),
+        (
+            vec!["--model", model, "--conv", "fast"],
+            "[possible values: auto, gemm, burn]",
+        ),
         (
             vec!["--model", model, "--torch", "/no/such/python"],
             "no Python at /no/such/python",

@@ -20,6 +20,7 @@
 //! input never exists whole.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use burn::tensor::ops::PadMode;
 use burn::tensor::{DType, Device, Tensor};
@@ -38,9 +39,60 @@ pub const BAND_BYTES: u64 = 16 << 20;
 /// to the largest allocation).
 pub const PIECE_BYTES: u64 = 32 << 20;
 
-/// Where [`conv2d`] applies: a CubeCL device and half-precision activations.
+/// Which convolution CubeCL devices run: a process-wide switch for benchmarks
+/// (`nullpaint bench --conv`), to time this route against Burn's kernel side by side on one
+/// GPU. The CPU backend never takes this route.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConvRoute {
+    /// [`conv2d`] for f16 / bf16 activations (Burn's kernel would sum in f16), Burn's kernel for
+    /// f32 (it sums in f32): what the engine runs.
+    #[default]
+    Auto,
+    /// [`conv2d`] for every float type, f32 included.
+    Gemm,
+    /// Burn's `conv2d` for every type (its autotuned candidates; on WGSL devices the direct
+    /// kernel, which sums f16 activations in f16: less accurate, for comparison only).
+    Burn,
+}
+
+impl ConvRoute {
+    /// `auto`, `gemm` or `burn`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Gemm => "gemm",
+            Self::Burn => "burn",
+        }
+    }
+}
+
+static ROUTE: AtomicU8 = AtomicU8::new(ConvRoute::Auto as u8);
+
+/// Sets the [`ConvRoute`] of every convolution run after this call, in the whole process.
+pub fn set_route(route: ConvRoute) {
+    ROUTE.store(route as u8, Ordering::Relaxed);
+}
+
+/// The [`ConvRoute`] in force.
+pub fn route() -> ConvRoute {
+    match ROUTE.load(Ordering::Relaxed) {
+        1 => ConvRoute::Gemm,
+        2 => ConvRoute::Burn,
+        _ => ConvRoute::Auto,
+    }
+}
+
+/// Where [`conv2d`] applies: a CubeCL device and half-precision activations (under
+/// [`ConvRoute::Auto`]; any float type under `Gemm`, none under `Burn`).
 pub fn applies(x: &impl RowSource) -> bool {
-    crate::kernel::is_cube(&x.device()) && matches!(x.dtype(), DType::F16 | DType::BF16)
+    if !crate::kernel::is_cube(&x.device()) {
+        return false;
+    }
+    match route() {
+        ConvRoute::Auto => matches!(x.dtype(), DType::F16 | DType::BF16),
+        ConvRoute::Gemm => matches!(x.dtype(), DType::F16 | DType::BF16 | DType::F32),
+        ConvRoute::Burn => false,
+    }
 }
 
 /// What a convolution reads, produced a band of rows at a time: a tensor, or a function of one
