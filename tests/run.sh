@@ -31,6 +31,7 @@ fi
 # 2. Rust targets and components.
 step "rust toolchain"
 rustup target list --installed | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+rustup target list --installed | grep -q aarch64-apple-darwin || rustup target add aarch64-apple-darwin
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 
@@ -48,6 +49,13 @@ python3 web/build.py
 
 step "cargo clippy -D warnings"
 cargo clippy --locked --workspace --all-targets -- -D warnings
+
+# The macOS build (Burn's `metal`: CubeCL's MSL compiler, objc2) type-checked, since no Mac runs
+# it here: the library and its tests (the CLI adds hf-hub's TLS, whose C code needs Apple's SDK).
+# Its own target folder: another target and feature set than the builds above.
+step "cargo check --target aarch64-apple-darwin (macOS, Metal)"
+CARGO_TARGET_DIR="$CARGO_TARGET_DIR/macos" \
+  cargo check --locked -p nullpaint --all-targets --target aarch64-apple-darwin
 
 # 4. Tests. The wgpu half of every model test is required here: no adapter = failure.
 step "cargo test (CPU backend + wgpu on $(ls /usr/share/vulkan/icd.d 2>/dev/null | grep -o lvp_icd | head -1 || echo '?'))"

@@ -139,16 +139,19 @@ import json, sys
 from pathlib import Path
 
 work, status, torch_note, command = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+def last_json(text):
+    """The bench's JSON line: the last line of `text` that starts with `{`, else None."""
+    for line in reversed(text.splitlines()):
+        if line.lstrip().startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                return None
+    return None
+
 stdout = (work / "stdout.txt").read_text()
 lines = stdout.splitlines()
-report = None
-for line in reversed(lines):
-    if line.lstrip().startswith("{"):
-        try:
-            report = json.loads(line)
-        except ValueError:
-            pass
-        break
+report = last_json(stdout)
 markdown = "\n".join(l for l in lines if not l.lstrip().startswith("{")).strip()
 samples = []
 for row in (work / "nvidia-smi.csv").read_text().splitlines():
@@ -183,14 +186,7 @@ if smi:
 else:
     out.append("nvidia-smi: no samples")
 # the --conv burn run beside the first one
-conv_burn = None
-for line in reversed((work / "conv-burn.txt").read_text().splitlines()):
-    if line.lstrip().startswith("{"):
-        try:
-            conv_burn = json.loads(line)
-        except ValueError:
-            pass
-        break
+conv_burn = last_json((work / "conv-burn.txt").read_text())
 if report and conv_burn:
     if samples:
         smi["conv_burn_peak_mib"] = window(conv_burn["started_unix"], conv_burn["finished_unix"])

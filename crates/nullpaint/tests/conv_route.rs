@@ -68,6 +68,28 @@ fn relative(a: &[f32], b: &[f32]) -> f32 {
     diff / scale
 }
 
+/// What each route computes on `x` (a 3x3 conv `c -> 16` and a GroupNorm in `x`'s type):
+/// `(Burn's kernel called directly, auto, gemm, burn)`, each route's `(conv, norm + conv)`.
+#[allow(clippy::type_complexity)]
+fn routes(
+    x: &Tensor<4>,
+    dtype: FloatDType,
+) -> (
+    Vec<f32>,
+    (Vec<f32>, Vec<f32>),
+    (Vec<f32>, Vec<f32>),
+    (Vec<f32>, Vec<f32>),
+) {
+    let device = x.device();
+    let conv = conv3x3(x.dims()[1], 16, dtype, &device);
+    let norm = group_norm(x.dims()[1], dtype, &device);
+    let burn_kernel = values(conv.forward(x.clone()));
+    let auto = run(ConvRoute::Auto, &conv, &norm, x);
+    let gemm = run(ConvRoute::Gemm, &conv, &norm, x);
+    let burn = run(ConvRoute::Burn, &conv, &norm, x);
+    (burn_kernel, auto, gemm, burn)
+}
+
 /// `ops::conv2d` and `ops::norm_conv2d` (GroupNorm + SiLU + conv) under `route`.
 fn run(route: ConvRoute, conv: &Conv2d, norm: &GroupNorm, x: &Tensor<4>) -> (Vec<f32>, Vec<f32>) {
     conv_gemm::set_route(route);
@@ -85,16 +107,11 @@ fn conv_route_switches_the_gpu_convolution_and_each_route_computes_the_same() {
         return;
     };
     eprintln!("wgpu adapter: {info}");
-    let (b, c, h, w, o) = (2, 64, 12, 10, 16);
+    let (b, c, h, w) = (2, 64, 12, 10);
     let x32 = tensor(noise(b * c * h * w, 5, 1.0), [b, c, h, w], &device);
 
     // f32: auto = Burn's kernel; gemm = the matrix products, equal within f32 rounding.
-    let conv = conv3x3(c, o, FloatDType::F32, &device);
-    let norm = group_norm(c, FloatDType::F32, &device);
-    let burn_kernel = values(conv.forward(x32.clone()));
-    let auto = run(ConvRoute::Auto, &conv, &norm, &x32);
-    let burn = run(ConvRoute::Burn, &conv, &norm, &x32);
-    let gemm = run(ConvRoute::Gemm, &conv, &norm, &x32);
+    let (burn_kernel, auto, gemm, burn) = routes(&x32, FloatDType::F32);
     assert_eq!(auto.0, burn_kernel, "f32 auto runs Burn's kernel");
     assert_eq!(auto, burn, "f32: auto and burn are one route");
     let d = (relative(&gemm.0, &auto.0), relative(&gemm.1, &auto.1));
@@ -115,12 +132,7 @@ fn conv_route_switches_the_gpu_convolution_and_each_route_computes_the_same() {
     }
     let x16 = x32.cast(FloatDType::F16);
     assert_eq!(x16.dtype(), DType::F16);
-    let conv = conv3x3(c, o, FloatDType::F16, &device);
-    let norm = group_norm(c, FloatDType::F16, &device);
-    let burn_kernel = values(conv.forward(x16.clone()));
-    let auto = run(ConvRoute::Auto, &conv, &norm, &x16);
-    let gemm = run(ConvRoute::Gemm, &conv, &norm, &x16);
-    let burn = run(ConvRoute::Burn, &conv, &norm, &x16);
+    let (burn_kernel, auto, gemm, burn) = routes(&x16, FloatDType::F16);
     assert_eq!(auto, gemm, "f16: auto and gemm are one route");
     assert_eq!(burn.0, burn_kernel, "f16 burn runs Burn's kernel");
     assert_ne!(burn.0, gemm.0, "f16 burn must be another kernel");
