@@ -421,6 +421,9 @@ impl StableDiffusion {
     /// Loads every component of a diffusers Stable Diffusion 1.x / 2.x folder onto `device`,
     /// one tensor at a time.
     pub fn load(source: &dyn ModelSource, device: &Device) -> Result<Self, PipelineError> {
+        // The weights are written once and kept: no huge pages for them (`cpu::alloc`).
+        #[cfg(not(target_arch = "wasm32"))]
+        let _weights = crate::cpu::alloc::LongLived::enter();
         let name = source.describe();
         let file = |p: &str| format!("{name}/{p}");
 

@@ -14,9 +14,16 @@
 //! evicted first) and handed out again to the next request of the same rounded size and
 //! alignment (a UNet step repeats the previous step's shapes exactly). New large blocks are
 //! advised `MADV_HUGEPAGE` before their first touch (Linux, with transparent huge pages in
-//! `madvise` mode as Debian ships them): one fault per 2 MiB instead of 512; this also helps the
-//! load, which converts ~3.4 GB of f16 weights into fresh f32 buffers. Smaller blocks go
-//! straight to the system allocator.
+//! `madvise` mode as Debian ships them): one fault per 2 MiB instead of 512 (a guided UNet step
+//! at 256x256 took 3.0 s with them, 3.8-3.9 s without, 2026-11-29). Smaller blocks go straight
+//! to the system allocator.
+//!
+//! Not while a model loads ([`LongLived`], held by `StableDiffusion::load`): the load converts
+//! ~3.4-4.2 GB of f16 weights into fresh f32 buffers that are touched once and kept. On a virtual
+//! machine whose host takes free memory back (virtio-balloon free page reporting, which reports
+//! free blocks of huge-page order), a huge page that has been free for a few seconds is new
+//! memory to the host again: the SD 1.5 load took 5.0-5.5 s with huge pages against 1.2 s
+//! right after another run, and 1.8 s either way with 4 KiB pages (2026-11-30, BENCHMARKS.md).
 //!
 //! A library never sets the process's allocator: binaries opt in with
 //! `#[global_allocator] static ALLOC: nullpaint::cpu::alloc::BlockCache = BlockCache::new();`
@@ -26,7 +33,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 /// Blocks below this size are never cached: glibc's heap already reuses them.
 pub const MIN_CACHED: usize = 1 << 20;
@@ -36,6 +43,27 @@ pub const GRANULE: usize = 64 << 10;
 pub const SLOTS: usize = 96;
 /// The most bytes the table holds.
 pub const BUDGET: usize = 1536 << 20;
+
+/// [`LongLived`] scopes alive: while above zero, fresh blocks are not advised for huge pages.
+static LONG_LIVED: AtomicUsize = AtomicUsize::new(0);
+
+/// While one is alive (in any thread), fresh large blocks keep ordinary 4 KiB pages: for
+/// memory that is written once and kept, such as a model's weights (see the module docs).
+#[derive(Debug)]
+pub struct LongLived(());
+
+impl LongLived {
+    pub fn enter() -> Self {
+        LONG_LIVED.fetch_add(1, Ordering::Relaxed);
+        Self(())
+    }
+}
+
+impl Drop for LongLived {
+    fn drop(&mut self) {
+        LONG_LIVED.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 #[derive(Clone, Copy)]
 struct Slot {
@@ -204,7 +232,8 @@ impl BlockCache {
         self.table.lock().map_or(0, |t| t.bytes)
     }
 
-    /// A fresh large block from the system, advised for huge pages before its first touch.
+    /// A fresh large block from the system, advised for huge pages before its first touch
+    /// (unless a [`LongLived`] scope is open).
     ///
     /// # Safety
     /// As [`GlobalAlloc::alloc`].
@@ -218,7 +247,7 @@ impl BlockCache {
             }
         };
         #[cfg(target_os = "linux")]
-        if !ptr.is_null() {
+        if !ptr.is_null() && LONG_LIVED.load(Ordering::Relaxed) == 0 {
             advise_huge(ptr, layout.size());
         }
         ptr
@@ -376,5 +405,53 @@ mod tests {
             cache.release();
             assert_eq!(cache.parked_bytes(), 0);
         }
+    }
+
+    /// The `VmFlags` of the mapping holding `addr` (`/proc/self/smaps`).
+    #[cfg(target_os = "linux")]
+    fn vm_flags(addr: usize) -> String {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        for line in smaps.lines() {
+            let range = line.split_whitespace().next().unwrap_or("");
+            if let Some((a, b)) = range.split_once('-')
+                && let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+            {
+                inside = a <= addr && addr < b;
+            } else if inside && let Some(flags) = line.strip_prefix("VmFlags:") {
+                return flags.to_string();
+            }
+        }
+        panic!("no mapping holds {addr:#x}");
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn fresh_blocks_ask_for_huge_pages_unless_long_lived() {
+        if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists() {
+            eprintln!("WARNING: skipped: this kernel has no transparent huge pages");
+            return;
+        }
+        let cache = BlockCache::new();
+        cache.state.store(1, Ordering::Relaxed);
+        // Sizes above glibc's mmap threshold, each its own mapping, none reused from the other.
+        let step = Layout::from_size_align(48 << 20, 64).unwrap();
+        let weights = Layout::from_size_align(40 << 20, 64).unwrap();
+        // SAFETY: matched alloc/dealloc pairs with the same layouts.
+        unsafe {
+            let a = cache.alloc(step);
+            let flags = vm_flags(a as usize + step.size() / 2);
+            assert!(flags.split_whitespace().any(|f| f == "hg"), "{flags}");
+            let b = {
+                let _weights = LongLived::enter();
+                cache.alloc(weights)
+            };
+            let flags = vm_flags(b as usize + weights.size() / 2);
+            assert!(!flags.split_whitespace().any(|f| f == "hg"), "{flags}");
+            cache.dealloc(a, step);
+            cache.dealloc(b, weights);
+            cache.release();
+        }
+        assert_eq!(LONG_LIVED.load(Ordering::Relaxed), 0);
     }
 }
