@@ -15,8 +15,8 @@
 //! alignment (a UNet step repeats the previous step's shapes exactly). New large blocks are
 //! advised `MADV_HUGEPAGE` before their first touch (Linux, with transparent huge pages in
 //! `madvise` mode as Debian ships them): one fault per 2 MiB instead of 512 (a guided UNet step
-//! at 256x256 took 3.0 s with them, 3.8-3.9 s without, 2026-11-29). Smaller blocks go straight
-//! to the system allocator.
+//! at 256x256 took 3.0 s with them and 3.8-3.9 s without on 2026-11-29, 2.2 s either way on
+//! 2026-11-30). Smaller blocks go straight to the system allocator.
 //!
 //! Not while a model loads ([`LongLived`], held by `StableDiffusion::load`): the load converts
 //! ~3.4-4.2 GB of f16 weights into fresh f32 buffers that are touched once and kept. On a virtual
