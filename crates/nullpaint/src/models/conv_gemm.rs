@@ -56,6 +56,8 @@ pub enum ConvRoute {
 }
 
 impl ConvRoute {
+    const ALL: [Self; 3] = [Self::Auto, Self::Gemm, Self::Burn];
+
     /// `auto`, `gemm` or `burn`.
     pub fn name(self) -> &'static str {
         match self {
@@ -66,6 +68,7 @@ impl ConvRoute {
     }
 }
 
+/// The route in force, as its discriminant.
 static ROUTE: AtomicU8 = AtomicU8::new(ConvRoute::Auto as u8);
 
 /// Sets the [`ConvRoute`] of every convolution run after this call, in the whole process.
@@ -75,11 +78,11 @@ pub fn set_route(route: ConvRoute) {
 
 /// The [`ConvRoute`] in force.
 pub fn route() -> ConvRoute {
-    match ROUTE.load(Ordering::Relaxed) {
-        1 => ConvRoute::Gemm,
-        2 => ConvRoute::Burn,
-        _ => ConvRoute::Auto,
-    }
+    let stored = ROUTE.load(Ordering::Relaxed);
+    ConvRoute::ALL
+        .into_iter()
+        .find(|route| *route as u8 == stored)
+        .unwrap_or_default()
 }
 
 /// Where [`conv2d`] applies: a CubeCL device and half-precision activations (under

@@ -1,6 +1,7 @@
 //! The heavy operations of the models, routed to the CPU fast paths of [`crate::cpu`] when the
 //! tensors live on the CPU backend (native builds), to [`super::conv_gemm`] for half-precision
-//! convolutions on GPU devices, to Burn's modules everywhere else. On that route the GroupNorm +
+//! convolutions on GPU devices (by default: [`conv_gemm::ConvRoute`]), to Burn's modules
+//! everywhere else. On that route the GroupNorm +
 //! SiLU before a convolution ([`norm_conv2d`]) and the upsampler's 2x repeat
 //! ([`upsample2x_conv2d`]) are made band by band as the convolution reads its input.
 
@@ -18,7 +19,7 @@ use super::conv_gemm::{self, RowPieces, RowSource};
 /// # Shapes
 /// - `x`: `[batch, in, h, w]` -> `[batch, out, oh, ow]`
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    if let Some(padding) = half_gemm_padding(conv, &x) {
+    if let Some(padding) = routed_gemm_padding(conv, &x) {
         return conv_gemm_of(conv, &x, padding);
     }
     #[cfg(not(target_arch = "wasm32"))]
@@ -43,7 +44,7 @@ pub fn conv2d_fused(
     batch_bias: Option<Tensor<2>>,
     residual: Option<Tensor<4>>,
 ) -> Tensor<4> {
-    if let Some(padding) = half_gemm_padding(conv, &x) {
+    if let Some(padding) = routed_gemm_padding(conv, &x) {
         return add_biases(conv_gemm_of(conv, &x, padding), batch_bias, residual);
     }
     #[cfg(not(target_arch = "wasm32"))]
@@ -237,7 +238,7 @@ impl<S: RowSource> RowSource for Normalized<'_, S> {
 /// # Shapes
 /// - `x`: `[batch, in, h, w]` -> `[batch, out, oh, ow]`
 pub fn conv2d_from(conv: &Conv2d, x: &impl RowSource) -> Tensor<4> {
-    match half_gemm_padding(conv, x) {
+    match routed_gemm_padding(conv, x) {
         Some(padding) => conv_gemm_of(conv, x, padding),
         None => conv2d(conv, x.rows(0..x.dims()[2])),
     }
@@ -270,16 +271,17 @@ pub(crate) fn explicit_padding(padding: &PaddingConfig2d) -> Option<[usize; 4]> 
 }
 
 /// `padding` as `[top, bottom, left, right]` when `conv` on `x` takes [`conv_gemm`]'s route
-/// (half-precision activations on a CubeCL device, one group, no dilation, explicit padding,
-/// shapes that fit); `None` leaves it to Burn (which also reports what does not fit).
-fn half_gemm_padding(conv: &Conv2d, x: &impl RowSource) -> Option<[usize; 4]> {
+/// ([`conv_gemm::applies`]: a CubeCL device and half-precision activations under the default
+/// [`conv_gemm::ConvRoute`]; one group, no dilation, explicit padding, shapes that fit); `None`
+/// leaves it to Burn (which also reports what does not fit).
+fn routed_gemm_padding(conv: &Conv2d, x: &impl RowSource) -> Option<[usize; 4]> {
     if !conv_gemm::applies(x) {
         return None;
     }
     gemm_padding(conv, x)
 }
 
-/// [`half_gemm_padding`] without the device / dtype check, for any input [`conv_gemm`] reads.
+/// [`routed_gemm_padding`] without the device / dtype check, for any input [`conv_gemm`] reads.
 fn gemm_padding(conv: &Conv2d, x: &impl RowSource) -> Option<[usize; 4]> {
     if conv.groups != 1 || conv.dilation != [1, 1] {
         return None;
